@@ -4,6 +4,10 @@ The functional core is :func:`forward` and :func:`backward`; see
 :mod:`bilstm.reference` for the equations and conventions.
 """
 
+from bilstm.convert import (
+    from_keras_weights, from_numpy_ml_params, from_onnx_weights, from_torch_state_dict,
+    to_keras_weights, to_numpy_ml_params, to_onnx_weights, to_torch_state_dict,
+)
 from bilstm.errors import BiLSTMError, InvalidArgumentError, InvalidDtypeError
 from bilstm.layout import from_batch_first, from_time_major, to_batch_first, to_time_major
 from bilstm.merge import MERGE_MODE_ALIASES, MERGE_MODES, canonical_merge_mode

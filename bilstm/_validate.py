@@ -36,13 +36,17 @@ def check_compute_dtype(name, array):
         )
 
 
-def check_same_dtype(name, array, dtype):
-    """Raise unless ``array`` has exactly ``dtype``; mixed precision is never promoted."""
+def check_same_dtype(name, array, dtype, source="x", hint=""):
+    """Raise unless ``array`` has exactly ``dtype``; mixed precision is never promoted.
+
+    ``source`` names the array that fixed ``dtype``, and ``hint`` is appended
+    to the fix.
+    """
     if array.dtype != dtype:
         raise InvalidDtypeError(
-            f"{name} has dtype {array.dtype} but x has dtype {dtype}; the reference "
-            f"does not promote mixed dtypes, so convert {name} to {dtype} "
-            f"(bilstm.cast_params converts a whole parameter dict)"
+            f"{name} has dtype {array.dtype} but {source} has dtype {dtype}; the "
+            f"reference does not promote mixed dtypes, so convert {name} to {dtype}"
+            f"{hint}"
         )
 
 
@@ -87,9 +91,15 @@ def validate_params(params, n_in, dtype):
     missing = [name for name in PARAM_NAMES if name not in params]
     extra = sorted(str(name) for name in params if name not in PARAM_NAMES)
     if missing or extra:
+        found = []
+        if missing:
+            found.append(f"missing keys {missing}")
+        if extra:
+            found.append(f"unexpected keys {extra}")
         raise InvalidArgumentError(
-            f"params has missing keys {missing} and unexpected keys {extra}; "
-            f"it must hold exactly {list(PARAM_NAMES)}"
+            f"params has {' and '.join(found)}, but it must contain exactly the keys "
+            f"{list(PARAM_NAMES)}; add the missing keys and remove the unexpected "
+            f"ones, or build the dict with bilstm.init_params(n_in, H)"
         )
 
     arrays = {name: as_array(f"params[{name!r}]", params[name]) for name in PARAM_NAMES}
@@ -106,7 +116,8 @@ def _hidden_size_from(w_hh):
     if w_hh.ndim != 2 or w_hh.shape[1] != 4 * w_hh.shape[0] or w_hh.shape[0] == 0:
         raise InvalidArgumentError(
             f"params['W_hh_fwd'] must have shape (H, 4H) with H >= 1 but has shape "
-            f"{w_hh.shape}; the four gates i, f, g, o sit side by side on the last axis"
+            f"{w_hh.shape}, because the four gates i, f, g, o sit side by side on "
+            f"the last axis; build the parameters with bilstm.init_params(n_in, H)"
         )
     return w_hh.shape[0]
 
@@ -116,20 +127,32 @@ def _check_param(name, array, shape, dtype, n_in, hidden_size):
     if array.shape != shape:
         raise InvalidArgumentError(
             f"params[{name!r}] has shape {array.shape} but must have shape {shape} "
-            f"for n_in={n_in} (from x) and H={hidden_size} (from params['W_hh_fwd'])"
+            f"for n_in={n_in} (from x) and H={hidden_size} (from params['W_hh_fwd']); "
+            f"pass parameters built for these sizes, as bilstm.init_params(n_in, H) "
+            f"builds them, or x with matching n_in"
         )
 
     check_compute_dtype(f"params[{name!r}]", array)
-    check_same_dtype(f"params[{name!r}]", array, dtype)
-    check_finite(f"params[{name!r}]", array)
+    check_same_dtype(
+        f"params[{name!r}]", array, dtype,
+        hint=" (bilstm.cast_params converts a whole parameter dict)",
+    )
+    check_finite(
+        f"params[{name!r}]", array,
+        fix="every parameter must be finite, so replace the parameters",
+    )
 
 
-def check_finite(name, array, valid=None):
+def check_finite(name, array, valid=None, fix=None):
     """Raise at the first non-finite entry of ``array`` where ``valid`` holds.
 
     ``valid`` is a boolean array broadcastable to ``array``; ``None`` means
-    every entry counts.
+    every entry counts.  ``fix`` ends the message.  The default suits input
+    data, whose padded steps may hold anything.
     """
+    if fix is None:
+        fix = "clean the data or mark the step as padding with lengths"
+
     bad = ~np.isfinite(array)
     if valid is not None:
         bad &= valid
@@ -137,9 +160,8 @@ def check_finite(name, array, valid=None):
     if bad.any():
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise InvalidArgumentError(
-            f"{name} has the non-finite value {array[index]} at index {index}; the "
-            f"reference rejects NaN and inf at valid positions, so clean the data or "
-            f"mark the position as padding with lengths"
+            f"{name} has the non-finite value {array[index]} at index {index}, but "
+            f"NaN and inf are rejected at valid positions; {fix}"
         )
 
 
@@ -165,8 +187,9 @@ def validate_lengths(lengths, n_ex, n_t):
     if out_of_range.any():
         n = int(np.argmax(out_of_range))
         raise InvalidArgumentError(
-            f"lengths[{n}] = {int(lengths[n])} is outside [0, n_t] = [0, {n_t}]; "
-            f"each length counts the valid steps at the start of its example"
+            f"lengths[{n}] = {int(lengths[n])} is outside [0, n_t] = [0, {n_t}], "
+            f"because each length counts the valid steps at the start of its "
+            f"example; pass values from 0 to {n_t}"
         )
     return lengths.astype(np.int64)
 
@@ -180,12 +203,13 @@ def validate_state(name, value, shape, dtype):
     if array.shape != shape:
         raise InvalidArgumentError(
             f"{name} has shape {array.shape} but must have shape {shape}, that is "
-            f"(2, n_ex, H) with the forward direction at index 0"
+            f"(2, n_ex, H) with the forward direction at index 0; stack the two "
+            f"directions' states, for example np.stack([{name}_fwd, {name}_bwd])"
         )
 
     check_compute_dtype(name, array)
     check_same_dtype(name, array, dtype)
-    check_finite(name, array)
+    check_finite(name, array, fix=f"pass finite initial states or {name}=None for zeros")
     return array
 
 
@@ -202,10 +226,14 @@ def validate_upstream(name, value, shape, dtype, valid=None):
     if array.shape != shape:
         raise InvalidArgumentError(
             f"{name} has shape {array.shape} but must have shape {shape}, the shape "
-            f"of the forward result it is the gradient of"
+            f"of the forward output it is the gradient of; pass a gradient of that "
+            f"shape, from the same forward result"
         )
 
     check_compute_dtype(name, array)
-    check_same_dtype(name, array, dtype)
-    check_finite(name, array, valid)
+    check_same_dtype(name, array, dtype, source="the forward result")
+    fix = "pass a finite gradient"
+    if valid is not None:
+        fix += " (entries at padded steps are ignored and may hold anything)"
+    check_finite(name, array, valid, fix=fix)
     return array
