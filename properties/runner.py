@@ -1,0 +1,228 @@
+"""Run properties against an implementation with Hypothesis, and replay saved cases."""
+
+import importlib.metadata
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import hypothesis
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.errors import Flaky
+
+from bilstm.merge import MERGE_MODES
+from properties import strategies
+from properties.casefile import load_case, save_case
+from properties.catalog import (
+    REGISTRY, Subject, applicable_merge_modes, new_rng, not_applicable_reason,
+)
+from properties.errors import ImplementationError, PropertyFailure, UsageError
+
+PASSED = "passed"
+FAILED = "FAILED"
+NOT_APPLICABLE = "not applicable"
+IMPLEMENTATION_ERROR = "implementation error"
+KNOWN_FAILURE = "known failure"
+HARNESS_ERROR = "harness error"
+
+FAILING_VERDICTS = (FAILED, IMPLEMENTATION_ERROR, HARNESS_ERROR)
+"""Verdicts that make ``check`` exit with status 1."""
+
+_SEEDS = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+@dataclass
+class PropertyResult:
+    """The verdict of one property, with what a report needs."""
+
+    name: str
+    verdict: str
+    message: str = ""
+    case_summary: str = ""
+    case_path: str | None = None
+    examples: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _Record:
+    """What the Hypothesis test function saw: a count and the last failure."""
+
+    examples: int = 0
+    failure: tuple | None = None
+    history: list = field(default_factory=list)
+
+
+def import_catalog():
+    """Import the modules that register properties, in catalog order."""
+    from properties import props_forward, props_backward, props_gradients, props_reference  # noqa: F401
+
+
+def select_properties(names=None):
+    """Return the registered properties named in ``names`` (all when ``None``)."""
+    import_catalog()
+    if not names:
+        return list(REGISTRY.values())
+
+    unknown = [name for name in names if name not in REGISTRY]
+    if unknown:
+        raise UsageError(
+            f"--property {', '.join(unknown)}: no such property; "
+            f"run 'bilstm-verify list' to see the {len(REGISTRY)} properties"
+        )
+    return [REGISTRY[name] for name in names]
+
+
+def case_strategy(prop, capabilities, merge_modes=None):
+    """Return the strategy of cases for ``prop`` on an implementation's capabilities."""
+    modes = applicable_merge_modes(prop, capabilities)
+    if merge_modes is not None:
+        modes &= set(merge_modes)
+    ordered = [mode for mode in MERGE_MODES if mode in modes]
+
+    options = {
+        "merge_modes": ordered,
+        "dtypes": [d for d in strategies.DTYPE_NAMES if d in capabilities.dtypes],
+        "with_lengths": "sometimes" if capabilities.lengths else "never",
+        "allow_zero_length": capabilities.zero_length,
+        "with_initial_states": "sometimes" if capabilities.initial_state else "never",
+        "with_final_state_grads": (
+            "sometimes" if capabilities.final_state and capabilities.state_gradients else "never"
+        ),
+    }
+    options.update(prop.case_options)
+    if "dtypes" in prop.case_options:
+        options["dtypes"] = [d for d in prop.case_options["dtypes"] if d in capabilities.dtypes]
+    return strategies.cases(**options)
+
+
+def _hypothesis_test(prop, subject, strategy, run_settings, record, seed):
+    @run_settings
+    @given(case=strategy, extra_seed=_SEEDS)
+    def test(case, extra_seed):
+        record.examples += 1
+        try:
+            prop.check(subject, case, new_rng(extra_seed))
+        except (PropertyFailure, ImplementationError) as exc:
+            record.failure = (case, extra_seed, exc)
+            raise
+
+    if seed is not None:
+        test = hypothesis.seed(seed)(test)
+    return test
+
+
+def run_property(prop, subject, run_settings, *, merge_modes=None, seed=None, save=None):
+    """Run one property; return a :class:`PropertyResult`.
+
+    ``save(prop, case, extra_seed, verdict, message)`` writes the case file
+    of a failure and returns its path.
+    """
+    reason = not_applicable_reason(prop, subject.capabilities, merge_modes)
+    if reason is not None:
+        return PropertyResult(prop.name, NOT_APPLICABLE, reason)
+
+    record = _Record()
+    strategy = case_strategy(prop, subject.capabilities, merge_modes)
+    test = _hypothesis_test(prop, subject, strategy, run_settings, record, seed)
+    start = time.perf_counter()
+    try:
+        test()
+    except (PropertyFailure, ImplementationError, Flaky) as exc:
+        return _failure_result(prop, subject, record, exc, start, save)
+    except Exception:
+        return PropertyResult(prop.name, HARNESS_ERROR, traceback.format_exc(),
+                              examples=record.examples, seconds=time.perf_counter() - start)
+
+    return PropertyResult(prop.name, PASSED, examples=record.examples,
+                          seconds=time.perf_counter() - start)
+
+
+def _failure_result(prop, subject, record, exc, start, save):
+    seconds = time.perf_counter() - start
+    if record.failure is None:
+        return PropertyResult(prop.name, HARNESS_ERROR, f"{type(exc).__name__}: {exc}",
+                              examples=record.examples, seconds=seconds)
+
+    case, extra_seed, failure = record.failure
+    verdict = IMPLEMENTATION_ERROR if isinstance(failure, ImplementationError) else FAILED
+    message = str(failure)
+    if isinstance(exc, Flaky):
+        message += "\n  (flaky: the failure did not repeat when Hypothesis replayed it)"
+    if prop.name in subject.implementation.known_failures:
+        message += f"\n  known failure: {subject.implementation.known_failures[prop.name]}"
+        verdict = KNOWN_FAILURE
+
+    path = save(prop, case, extra_seed, verdict, message) if save else None
+    return PropertyResult(prop.name, verdict, message, case.summary(),
+                          None if path is None else str(path), record.examples, seconds)
+
+
+def package_versions():
+    """Return the versions of the packages a verdict depends on."""
+    versions = {"python": platform.python_version()}
+    for name in ("bilstm-verify", "numpy", "scipy", "hypothesis"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def case_saver(directory, implementation_spec, implementation, profile, seed):
+    """Return a ``save`` function for :func:`run_property` writing into ``directory``."""
+    def save(prop, case, extra_seed, verdict, message):
+        meta = {
+            "implementation": implementation_spec,
+            "implementation_version": implementation.version(),
+            "versions": package_versions(),
+            "profile": profile,
+            "seed": seed,
+            "verdict": verdict,
+            "message": message,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        return save_case(directory, case, property_name=prop.name, extra_seed=extra_seed, meta=meta)
+    return save
+
+
+def replay(path, implementation, *, implementation_spec, time_limit_s):
+    """Re-run the case in ``path`` once; return ``(PropertyResult, SavedCase)``."""
+    saved = load_case(path)
+    props = select_properties([saved.meta["property"]])
+    prop = props[0]
+    subject = Subject(implementation, time_limit_s)
+
+    reason = not_applicable_reason(prop, subject.capabilities)
+    if reason is not None:
+        return PropertyResult(prop.name, NOT_APPLICABLE, reason, saved.case.summary()), saved
+
+    start = time.perf_counter()
+    verdict, message = PASSED, ""
+    try:
+        prop.check(subject, saved.case, new_rng(saved.extra_seed))
+    except PropertyFailure as exc:
+        verdict, message = FAILED, str(exc)
+    except ImplementationError as exc:
+        verdict, message = IMPLEMENTATION_ERROR, str(exc)
+    if verdict != PASSED and prop.name in implementation.known_failures:
+        message += f"\n  known failure: {implementation.known_failures[prop.name]}"
+        verdict = KNOWN_FAILURE
+
+    result = PropertyResult(prop.name, verdict, message, saved.case.summary(), str(path), 1,
+                            time.perf_counter() - start)
+    return result, saved
+
+
+def exit_status(results):
+    """Return 1 when any result is failing, else 0."""
+    return 1 if any(r.verdict in FAILING_VERDICTS for r in results) else 0
+
+
+def describe_environment():
+    """Return one line naming the Python, numpy and Hypothesis in use."""
+    return (f"Python {platform.python_version()}, numpy {np.__version__}, "
+            f"hypothesis {hypothesis.__version__}, on {sys.platform}")
