@@ -70,9 +70,10 @@ def save_case(directory, case, *, property_name, extra_seed, meta):
     directory.mkdir(parents=True, exist_ok=True)
 
     arrays, case_meta = case.to_arrays()
-    full_meta = {"schema": SCHEMA, "format": FORMAT, "property": property_name,
-                 "extra_seed": int(extra_seed), "case": case_meta, "summary": case.summary()}
-    full_meta.update(meta)
+    # The caller's metadata goes in first, so it cannot replace the fields the loader trusts.
+    full_meta = dict(meta)
+    full_meta.update({"schema": SCHEMA, "format": FORMAT, "property": property_name,
+                      "extra_seed": int(extra_seed), "case": case_meta, "summary": case.summary()})
     payload = _zip_bytes(arrays, full_meta)
 
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(full_meta.get("implementation", "impl")))
@@ -94,6 +95,10 @@ def _zip_bytes(arrays, meta):
 def _write_new(directory, stem, payload):
     """Write ``payload`` atomically under the first free name ``stem[-k].npz``."""
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    umask = os.umask(0)
+    os.umask(umask)
+    # mkstemp creates the file private (0600); a case file is ordinary data.
+    os.chmod(temporary, 0o666 & ~umask)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(payload)
@@ -108,6 +113,15 @@ def _write_new(directory, stem, payload):
                 return path
             except FileExistsError:
                 continue
+            except OSError:
+                # No hard links on this file system: exclusive creation still
+                # never overwrites, at the cost of a reader seeing the file grow.
+                try:
+                    with open(path, "xb") as file:
+                        file.write(payload)
+                    return path
+                except FileExistsError:
+                    continue
         raise CaseFileError(f"no free file name for {stem}*.npz in {directory}; clean it up")
     finally:
         os.unlink(temporary)
@@ -138,7 +152,10 @@ def load_case(path):
             f"re-run bilstm-verify check to write it again"
         ) from None
 
-    case = Case.from_arrays(arrays, meta["case"])
+    try:
+        case = Case.from_arrays(arrays, meta["case"])
+    except CaseFileError as exc:
+        raise CaseFileError(f"case file {str(path)!r}: {exc}") from None
     _check_consistent(path, case)
     return SavedCase(case=case, extra_seed=meta["extra_seed"], meta=meta)
 
@@ -206,18 +223,45 @@ def _read_meta(path, archive):
         if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
             raise CaseFileError(f"case file {str(path)!r}: meta.json field {key!r} must be a "
                                 f"{kind.__name__}, found {meta.get(key)!r}")
+    if not 0 <= meta["extra_seed"] < 2**32:
+        raise CaseFileError(f"case file {str(path)!r}: meta.json field 'extra_seed' must be in "
+                            f"[0, 2**32), found {meta['extra_seed']}")
     return meta
 
 
 def _read_array(path, archive, member):
+    _check_declared_size(path, archive, member)
     try:
         with archive.open(member) as file:
             array = np.lib.format.read_array(file, allow_pickle=False)
     except ValueError as exc:
-        raise CaseFileError(f"case file {str(path)!r}: {member} is not a plain numeric array "
-                            f"({exc}); case files never hold pickled objects") from None
+        raise CaseFileError(f"case file {str(path)!r}: {member} could not be read as a plain "
+                            f"numeric array ({exc})") from None
 
     if array.dtype.kind not in "fiu":
         raise CaseFileError(f"case file {str(path)!r}: {member} has dtype {array.dtype}; "
                             f"case arrays are floats or integers")
     return array
+
+
+def _check_declared_size(path, archive, member):
+    """Reject a header whose shape needs more bytes than the member holds.
+
+    numpy allocates the declared shape before it reads any data, so without
+    this check a tiny hostile member could ask for terabytes.
+    """
+    try:
+        with archive.open(member) as file:
+            version = np.lib.format.read_magic(file)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+    except ValueError as exc:
+        raise CaseFileError(f"case file {str(path)!r}: {member} has no valid .npy header ({exc})") from None
+
+    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if needed > archive.getinfo(member).file_size:
+        raise CaseFileError(f"case file {str(path)!r}: {member} declares shape {shape} of "
+                            f"{dtype}, {needed} bytes, but holds only "
+                            f"{archive.getinfo(member).file_size}; the file is corrupt or hostile")

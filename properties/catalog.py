@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bilstm.merge import MERGE_MODES
 from properties.guard import DEFAULT_TIME_LIMIT, GuardedModel
 
 
@@ -110,6 +111,15 @@ def not_applicable_reason(prop, capabilities, merge_modes=None):
     if not dtypes:
         return f"needs dtype {' or '.join(prop.case_options['dtypes'])}, which the implementation lacks"
     return None
+
+
+def elementwise_modes(subject, case):
+    """The drawn merge mode first, then every other supported mode except concat."""
+    modes = [case.merge_mode] if case.merge_mode != "concat" else []
+    for mode in MERGE_MODES:
+        if mode != "concat" and mode not in modes and mode in subject.capabilities.merge_modes:
+            modes.append(mode)
+    return modes
 
 
 def forward_inputs(case, **overrides):

@@ -8,12 +8,14 @@ unknown implementation, an unreadable case file).
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from bilstm.merge import MERGE_MODES, canonical_merge_mode
 from bilstm.errors import InvalidArgumentError
 from properties.adapters import BUILTIN, load_implementation
+from properties.casefile import load_case
 from properties.catalog import Subject
-from properties.errors import HarnessError
+from properties.errors import HarnessError, UsageError
 from properties.guard import DEFAULT_TIME_LIMIT
 from properties.runner import (
     FAILING_VERDICTS, KNOWN_FAILURE, NOT_APPLICABLE, case_saver, describe_environment,
@@ -29,6 +31,18 @@ def _merge_mode_arg(text):
         return canonical_merge_mode(None if text == "None" else text)
     except InvalidArgumentError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _time_limit_arg(text):
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds > 0 and seconds != float("inf")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds > 0; pass for example --time-limit 30"
+        )
+    return seconds
 
 
 def build_parser():
@@ -62,7 +76,7 @@ def build_parser():
     replay_parser.add_argument("case", help="path of a case file written by check")
     replay_parser.add_argument("--impl", default=None,
                                help="implementation (default: the one in the case file)")
-    replay_parser.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT,
+    replay_parser.add_argument("--time-limit", type=_time_limit_arg, default=DEFAULT_TIME_LIMIT,
                                help=f"seconds per call into the implementation (default: {DEFAULT_TIME_LIMIT:g})")
     return parser
 
@@ -71,7 +85,7 @@ def _add_impl(parser):
     parser.add_argument("--impl", default="reference",
                         help=f"built-in name ({', '.join(BUILTIN)}) or module:attribute "
                              f"(default: reference)")
-    parser.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT,
+    parser.add_argument("--time-limit", type=_time_limit_arg, default=DEFAULT_TIME_LIMIT,
                         help=f"seconds per call into the implementation before it counts as "
                              f"hung (default: {DEFAULT_TIME_LIMIT:g})")
 
@@ -121,6 +135,9 @@ def _progress(index, total, prop, result, out):
 
 def command_check(args, out):
     """Run ``check``; return the exit status."""
+    if Path(args.case_dir).exists() and not Path(args.case_dir).is_dir():
+        raise UsageError(f"--case-dir {args.case_dir!r} exists and is not a folder; pass a "
+                         f"folder (it is created when the first failure is saved)")
     run_settings = profile_settings(args.profile, max_examples=args.max_examples, seed=args.seed)
     implementation = load_implementation(args.impl)
     props = select_properties(_split_names(args.property))
@@ -161,13 +178,10 @@ def command_list(args, out):
 
 def command_replay(args, out):
     """Replay one case file; return 0 when the property now passes, else 1."""
-    from properties.casefile import load_case
-
     saved = load_case(args.case)
     spec = args.impl or saved.meta["implementation"]
     implementation = load_implementation(spec)
-    result, saved = replay(args.case, implementation, implementation_spec=spec,
-                           time_limit_s=args.time_limit)
+    result = replay(saved, args.case, implementation, time_limit_s=args.time_limit)
 
     print(f"bilstm-verify replay: {args.case}", file=out)
     print(f"  property {result.name}, implementation {spec!r} ({implementation.version()}); "
@@ -193,6 +207,10 @@ def main(argv=None, out=None):
     except HarnessError as exc:
         print(f"bilstm-verify: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader (for example `head`) closed the pipe: not an error of ours.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

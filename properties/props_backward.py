@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from properties.catalog import register, run_backward, run_forward, split_halves, upstream
+from bilstm.reference import output_shape
+from properties.catalog import elementwise_modes, register, run_backward, run_forward, split_halves, upstream
 from properties.compare import check_close
 from properties.errors import PropertyFailure
 
@@ -27,16 +28,14 @@ def compare_grads(label, actual, expected, *, dtype, check, call):
         check_close(f"{label}: {name}", actual[name], value, dtype=dtype, check=check, call=call)
 
 
-def _concat_upstream(case, y_concat):
-    """The concat-mode dy that is equivalent to the case's dy in its own merge mode."""
-    hidden = case.sizes.hidden
+def _concat_upstream(dy, merge_mode, y_concat, hidden):
+    """The concat-mode dy that is equivalent to ``dy`` in ``merge_mode``."""
     y_fwd, y_bwd = split_halves(y_concat, "concat", hidden)
-    dy = case.dy
-    if case.merge_mode == "sum":
+    if merge_mode == "sum":
         return np.concatenate([dy, dy], axis=1)
-    if case.merge_mode == "average":
+    if merge_mode == "average":
         return np.concatenate([dy / 2, dy / 2], axis=1)
-    if case.merge_mode == "multiply":
+    if merge_mode == "multiply":
         return np.concatenate([dy * y_bwd, dy * y_fwd], axis=1)
     return np.concatenate([dy[0], dy[1]], axis=1)
 
@@ -48,20 +47,26 @@ def merge_backward_consistency(subject, case, rng):
 
     For upstream gradient ``dy`` the gradients under sum equal those under
     concat with ``[dy, dy]``; average with ``[dy/2, dy/2]``; multiply with
-    ``[dy * y_bwd, dy * y_fwd]``; None with ``[dy[0], dy[1]]``.
+    ``[dy * y_bwd, dy * y_fwd]``; None with ``[dy[0], dy[1]]``.  The drawn
+    mode uses the case's ``dy``; every other supported mode is checked on
+    the same example with a random ``dy``.
     """
-    model, _ = run_forward(subject, case)
-    grads = run_backward(model, case, subject)
+    sizes = case.sizes
+    for mode in elementwise_modes(subject, case):
+        dy = case.dy if mode == case.merge_mode else rng.standard_normal(
+            output_shape(sizes.n_ex, sizes.hidden, sizes.n_t, mode)).astype(case.dtype)
+        model, _ = run_forward(subject, case, merge_mode=mode)
+        grads = run_backward(model, case, subject, dy=dy)
 
-    concat_model, concat_out = run_forward(subject, case, merge_mode="concat")
-    dy_concat = _concat_upstream(case, concat_out.y).astype(case.dtype)
-    concat_grads = run_backward(concat_model, case, subject, dy=dy_concat)
+        concat_model, concat_out = run_forward(subject, case, merge_mode="concat")
+        dy_concat = _concat_upstream(dy, mode, concat_out.y, sizes.hidden).astype(case.dtype)
+        concat_grads = run_backward(concat_model, case, subject, dy=dy_concat)
 
-    compare_grads(
-        f"gradients with merge_mode={case.merge_mode!r} vs concat with the chain rule",
-        grads, concat_grads, dtype=case.dtype, check="reordered",
-        call=f"backward(dy) with merge_mode={case.merge_mode!r}",
-    )
+        compare_grads(
+            f"gradients with merge_mode={mode!r} vs concat with the chain rule",
+            grads, concat_grads, dtype=case.dtype, check="reordered",
+            call=f"backward(dy) with merge_mode={mode!r}",
+        )
 
 
 def _scaled_sum(a, grads_a, b, grads_b):

@@ -4,7 +4,7 @@ import numpy as np
 
 from bilstm.params import swap_directions
 from properties.catalog import (
-    halves, register, reverse_valid, run_forward, split_halves,
+    elementwise_modes, halves, register, reverse_valid, run_forward, split_halves,
 )
 from properties.compare import check_close, describe_output_index, describe_state_index
 from properties.errors import PropertyFailure
@@ -103,36 +103,32 @@ def merge_forward_consistency(subject, case, rng):
     """Each merge mode combines the two halves of the concat output as documented.
 
     sum = forward + backward, average = their mean, multiply = their
-    product, None = both stacked.  For concat itself the forward half comes
-    first with no interleaving: redrawing one direction's weights changes
-    only its own half.
+    product, None = both stacked; every supported mode is checked on each
+    example.  For concat itself the forward half comes first with no
+    interleaving: redrawing one direction's weights changes only its own
+    half.
     """
-    if case.merge_mode != "concat":
-        y_fwd, y_bwd = halves(subject, case)
-        _, out = run_forward(subject, case)
+    y_fwd, y_bwd = halves(subject, case)
+    for mode in elementwise_modes(subject, case):
+        _, out = run_forward(subject, case, merge_mode=mode)
         check_close(
-            f"y with merge_mode={case.merge_mode!r} vs the halves of concat", out.y,
-            _merged(y_fwd, y_bwd, case.merge_mode), dtype=case.dtype, check="reordered",
-            describe=_describe_y(case), call=f"forward(x) with merge_mode={case.merge_mode!r}",
+            f"y with merge_mode={mode!r} vs the halves of concat", out.y,
+            _merged(y_fwd, y_bwd, mode), dtype=case.dtype, check="reordered",
+            describe=_describe_y(case, mode), call=f"forward(x) with merge_mode={mode!r}",
         )
-        return
 
-    _, out = run_forward(subject, case)
     for direction, other in (("fwd", "bwd"), ("bwd", "fwd")):
         redrawn = dict(case.params)
         for stem in ("W_ih", "W_hh", "b"):
             name = f"{stem}_{other}"
             redrawn[name] = rng.uniform(-1, 1, size=case.params[name].shape).astype(case.dtype)
-        _, out_redrawn = run_forward(subject, case, params=redrawn)
+        kept = halves(subject, case, params=redrawn)[0 if direction == "fwd" else 1]
 
-        keep = 0 if direction == "fwd" else 1
-        kept_new = split_halves(out_redrawn.y, "concat", case.sizes.hidden)[keep]
-        kept_old = split_halves(out.y, "concat", case.sizes.hidden)[keep]
         half = "forward" if direction == "fwd" else "backward"
         check_close(
-            f"{half} half of concat after redrawing the {other} weights", kept_new, kept_old,
-            dtype=case.dtype, check="reordered", describe=_describe_half(half),
-            call=f"forward(x, params with new *_{other} tensors)",
+            f"{half} half of concat after redrawing the {other} weights", kept,
+            y_fwd if direction == "fwd" else y_bwd, dtype=case.dtype, check="reordered",
+            describe=_describe_half(half), call=f"forward(x, params with new *_{other} tensors)",
         )
 
 

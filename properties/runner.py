@@ -15,11 +15,11 @@ from hypothesis.errors import Flaky
 
 from bilstm.merge import MERGE_MODES
 from properties import strategies
-from properties.casefile import load_case, save_case
+from properties.casefile import save_case
 from properties.catalog import (
     REGISTRY, Subject, applicable_merge_modes, new_rng, not_applicable_reason,
 )
-from properties.errors import ImplementationError, PropertyFailure, UsageError
+from properties.errors import CaseFileError, ImplementationError, PropertyFailure, UsageError
 
 PASSED = "passed"
 FAILED = "FAILED"
@@ -189,16 +189,21 @@ def case_saver(directory, implementation_spec, implementation, profile, seed):
     return save
 
 
-def replay(path, implementation, *, implementation_spec, time_limit_s):
-    """Re-run the case in ``path`` once; return ``(PropertyResult, SavedCase)``."""
-    saved = load_case(path)
-    props = select_properties([saved.meta["property"]])
-    prop = props[0]
+def replay(saved, path, implementation, *, time_limit_s):
+    """Re-run the loaded case ``saved`` (read from ``path``) once; return a :class:`PropertyResult`."""
+    import_catalog()
+    name = saved.meta["property"]
+    if name not in REGISTRY:
+        raise CaseFileError(
+            f"case file {str(path)!r} names the property {name!r}, which this version of "
+            f"bilstm-verify does not have; run 'bilstm-verify list' for the current ones"
+        )
+    prop = REGISTRY[name]
     subject = Subject(implementation, time_limit_s)
 
     reason = not_applicable_reason(prop, subject.capabilities)
     if reason is not None:
-        return PropertyResult(prop.name, NOT_APPLICABLE, reason, saved.case.summary()), saved
+        return PropertyResult(prop.name, NOT_APPLICABLE, reason, saved.case.summary())
 
     start = time.perf_counter()
     verdict, message = PASSED, ""
@@ -212,9 +217,8 @@ def replay(path, implementation, *, implementation_spec, time_limit_s):
         message += f"\n  known failure: {implementation.known_failures[prop.name]}"
         verdict = KNOWN_FAILURE
 
-    result = PropertyResult(prop.name, verdict, message, saved.case.summary(), str(path), 1,
-                            time.perf_counter() - start)
-    return result, saved
+    return PropertyResult(prop.name, verdict, message, saved.case.summary(), str(path), 1,
+                          time.perf_counter() - start)
 
 
 def exit_status(results):

@@ -1,6 +1,6 @@
 """Hypothesis settings profiles of the harness: ``ci``, ``dev`` and ``thorough``."""
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from properties.errors import UsageError
 
@@ -8,6 +8,11 @@ _QUIET_CHECKS = [
     HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large,
     HealthCheck.large_base_example,
 ]
+
+# The explain phase re-runs variations of a shrunk failure only to annotate a
+# report the runner never prints; with a hanging implementation each re-run
+# costs a whole time limit.
+_PHASES = tuple(phase for phase in Phase if phase is not Phase.explain)
 
 PROFILES = {
     "ci": dict(max_examples=30, derandomize=True, database=None),
@@ -45,6 +50,6 @@ def profile_settings(profile, *, max_examples=None, seed=None):
         options["derandomize"] = False
 
     return settings(
-        deadline=None, print_blob=False, report_multiple_bugs=False,
+        deadline=None, print_blob=False, report_multiple_bugs=False, phases=_PHASES,
         suppress_health_check=_QUIET_CHECKS, **options,
     )
