@@ -8,7 +8,7 @@ feeds batch-first input (n_ex, n_t, n_in) to a module built with
 ``batch_first=True``.
 
 torch has no merge mode.  It returns the two directions concatenated on the
-feature axis, forward half first, and this adapter composes every merge mode
+feature axis, forward half first.  This adapter composes every merge mode
 from that output with torch operations: the sum, average or product of the
 two halves, both halves stacked for ``None``, and the output unchanged for
 ``"concat"``.
@@ -24,6 +24,11 @@ tensors that require grad (zero states when ``h0``/``c0`` are None, so that
 it can run any number of times after one forward call.  The layout changes
 between the reference layout and torch's are permutations inside the graph,
 so ``dx`` and ``y`` come out in the reference layout directly.
+
+NOTE: the adapter leaves torch's intra-op thread count as the process set
+it.  The harness's LSTMs are tiny, and on a busy 2-core machine two OpenMP
+threads made ``check --impl torch`` take 311 s where ``OMP_NUM_THREADS=1``
+took 20 s (torch 2.13.0, load average about 5).
 """
 
 import numpy as np
@@ -192,7 +197,8 @@ class TorchModel(Model):
         ``dy`` has the shape of ``y``; ``dh_n`` and ``dc_n`` are (2, n_ex, H)
         or None for zero.  The graph is retained, so backward may be called
         again.  Parameter gradients come back in the reference's keys and
-        layout, for example ``W_ih_fwd = d weight_ih_l0 .T``.
+        layout: the gradient of ``W_ih_fwd`` is that of ``weight_ih_l0``,
+        transposed, and so on.
         """
         if self._graph is None:
             raise HarnessError(
