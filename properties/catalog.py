@@ -78,6 +78,10 @@ class Subject:
         self.capabilities = implementation.capabilities
         self.name = implementation.name
         self.time_limit_s = time_limit_s
+        # While Hypothesis searches and shrinks, properties skip work that only
+        # sharpens the failure message; the runner re-runs the minimal case
+        # with detailed set to get the full message.
+        self.detailed = True
 
     def model(self, params, merge_mode):
         """Build a fresh, guarded model."""

@@ -115,11 +115,14 @@ def _hypothesis_test(prop, subject, strategy, run_settings, record, seed):
     return test
 
 
-def run_property(prop, subject, run_settings, *, merge_modes=None, seed=None, save=None):
+def run_property(prop, subject, run_settings, *, merge_modes=None, seed=None, save=None,
+                 known_failures=None):
     """Run one property; return a :class:`PropertyResult`.
 
     ``save(prop, case, extra_seed, verdict, message)`` writes the case file
-    of a failure and returns its path.
+    of a failure and returns its path.  ``known_failures(property_name,
+    merge_mode)`` returns why a failure in that merge mode is expected, or
+    None.  Without it, the implementation's ``known_failures`` dict is used.
     """
     reason = not_applicable_reason(prop, subject.capabilities, merge_modes)
     if reason is not None:
@@ -129,36 +132,58 @@ def run_property(prop, subject, run_settings, *, merge_modes=None, seed=None, sa
     strategy = case_strategy(prop, subject.capabilities, merge_modes)
     test = _hypothesis_test(prop, subject, strategy, run_settings, record, seed)
     start = time.perf_counter()
+    subject.detailed = False
     try:
         test()
     except (PropertyFailure, ImplementationError, Flaky) as exc:
-        return _failure_result(prop, subject, record, exc, start, save)
+        subject.detailed = True
+        return _failure_result(prop, subject, record, exc, start, save, known_failures)
     except Exception:
         return PropertyResult(prop.name, HARNESS_ERROR, traceback.format_exc(),
                               examples=record.examples, seconds=time.perf_counter() - start)
+    finally:
+        subject.detailed = True
 
     return PropertyResult(prop.name, PASSED, examples=record.examples,
                           seconds=time.perf_counter() - start)
 
 
-def _failure_result(prop, subject, record, exc, start, save):
+def _known_failure_reason(known_failures, implementation, name, merge_mode):
+    if known_failures is not None:
+        return known_failures(name, merge_mode)
+    return implementation.known_failures.get(name)
+
+
+def _failure_result(prop, subject, record, exc, start, save, known_failures=None):
     seconds = time.perf_counter() - start
     if record.failure is None:
         return PropertyResult(prop.name, HARNESS_ERROR, f"{type(exc).__name__}: {exc}",
                               examples=record.examples, seconds=seconds)
 
     case, extra_seed, failure = record.failure
+    failure = _detailed_failure(prop, subject, case, extra_seed) or failure
     verdict = IMPLEMENTATION_ERROR if isinstance(failure, ImplementationError) else FAILED
     message = str(failure)
     if isinstance(exc, Flaky):
         message += "\n  (flaky: the failure did not repeat when Hypothesis replayed it)"
-    if prop.name in subject.implementation.known_failures:
-        message += f"\n  known failure: {subject.implementation.known_failures[prop.name]}"
+    reason = _known_failure_reason(known_failures, subject.implementation, prop.name,
+                                   case.merge_mode)
+    if reason is not None:
+        message += f"\n  known failure: {reason}"
         verdict = KNOWN_FAILURE
 
     path = save(prop, case, extra_seed, verdict, message) if save else None
     return PropertyResult(prop.name, verdict, message, case.summary(),
                           None if path is None else str(path), record.examples, seconds)
+
+
+def _detailed_failure(prop, subject, case, extra_seed):
+    """Re-run the minimal case with full detail; return its failure, or None if it passed."""
+    try:
+        prop.check(subject, case, new_rng(extra_seed))
+    except (PropertyFailure, ImplementationError) as exc:
+        return exc
+    return None
 
 
 def package_versions():
