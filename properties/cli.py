@@ -1,4 +1,4 @@
-"""Command line of the harness: ``bilstm-verify check | list | replay``.
+"""Command line of the harness: ``bilstm-verify check | list | replay | export-test``.
 
 Exit status: 0 when every applicable property passes, 1 when any fails or
 the implementation breaks its contract, 2 for usage errors (bad options, an
@@ -12,18 +12,20 @@ from pathlib import Path
 
 from bilstm.merge import MERGE_MODES, canonical_merge_mode
 from bilstm.errors import InvalidArgumentError
+from properties import export, reports
 from properties.adapters import BUILTIN, load_implementation
 from properties.casefile import load_case
 from properties.catalog import Subject
+from properties.defaults import DEFAULT_CASE_DIR
 from properties.errors import HarnessError, UsageError
 from properties.guard import DEFAULT_TIME_LIMIT
+from properties.known_failures import load_known_failures, print_stale_warnings
 from properties.runner import (
     FAILING_VERDICTS, KNOWN_FAILURE, NOT_APPLICABLE, case_saver, describe_environment,
     exit_status, replay, run_property, select_properties,
 )
 from properties.settings import DEFAULT_PROFILE, PROFILES, profile_settings
 
-DEFAULT_CASE_DIR = "bilstm-cases"
 
 
 def _merge_mode_arg(text):
@@ -69,6 +71,9 @@ def build_parser():
     check.add_argument("--case-dir", default=DEFAULT_CASE_DIR,
                        help=f"folder for case files of failures (default: ./{DEFAULT_CASE_DIR})")
     check.add_argument("--quiet", action="store_true", help="no progress lines")
+    check.add_argument("--known-failures", default=None, metavar="FILE",
+                       help="file of expected failures, one 'property [merge_mode]: reason' a line")
+    reports.add_report_options(check)
 
     commands.add_parser("list", help="list the properties and the claims they check")
 
@@ -78,6 +83,7 @@ def build_parser():
                                help="implementation (default: the one in the case file)")
     replay_parser.add_argument("--time-limit", type=_time_limit_arg, default=DEFAULT_TIME_LIMIT,
                                help=f"seconds per call into the implementation (default: {DEFAULT_TIME_LIMIT:g})")
+    export.add_export_parser(commands)
     return parser
 
 
@@ -143,25 +149,33 @@ def command_check(args, out):
     props = select_properties(_split_names(args.property))
     subject = Subject(implementation, args.time_limit)
     save = case_saver(args.case_dir, args.impl, implementation, args.profile, args.seed)
+    known = load_known_failures(args.known_failures, implementation)
 
     _print_header(implementation, args.impl, args, run_settings, out)
+    print(f"  known failures: {known.describe()}", file=out)
     start = time.perf_counter()
     results = []
     for index, prop in enumerate(props, start=1):
         if not args.quiet:
             print(f"[{index}/{len(props)}] {prop.name} ...", file=out, flush=True)
         result = run_property(prop, subject, run_settings, merge_modes=args.merge_mode,
-                              seed=args.seed, save=save)
+                              seed=args.seed, save=save, known_failures=known.reason)
+        result = known.review(result, prop, subject.capabilities, args.merge_mode)
         results.append(result)
         if not args.quiet:
             _progress(index, len(props), prop, result, out)
 
     _print_table(results, out)
     _print_failures(results, out)
+    print_stale_warnings(results, out)
+    pictures = reports.save_gradient_pictures(results, implementation, args.time_limit, out)
     status = exit_status(results)
     counts = {v: sum(r.verdict == v for r in results) for v in dict.fromkeys(r.verdict for r in results)}
     summary = ", ".join(f"{n} {v}" for v, n in counts.items())
     print(f"\n{summary} in {time.perf_counter() - start:.1f} s; exit status {status}", file=out)
+    reports.write_reports(args, reports.run_header(args, implementation, run_settings, known),
+                          results, pictures=pictures, status=status,
+                          seconds=time.perf_counter() - start, out=out)
     return status
 
 
@@ -195,7 +209,8 @@ def command_replay(args, out):
     return exit_status([result])
 
 
-COMMANDS = {"check": command_check, "list": command_list, "replay": command_replay}
+COMMANDS = {"check": command_check, "list": command_list, "replay": command_replay,
+            "export-test": export.command_export_test}
 
 
 def main(argv=None, out=None):

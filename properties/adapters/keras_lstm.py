@@ -66,7 +66,18 @@ from properties.protocol import Capabilities, Grads, Implementation, Model, Outp
 # Must come before the first import of Keras, which reads the variable once.
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import keras  # noqa: E402
+try:
+    import keras  # noqa: E402
+except ImportError as exc:
+    if exc.name == "keras":
+        raise
+    # Keras imports its backend's package at once, so a missing backend
+    # package surfaces here.  It stays an ImportError, which the loader
+    # reports as a missing package.
+    raise ImportError(
+        f"Keras with KERAS_BACKEND={os.environ['KERAS_BACKEND']!r} could not be imported "
+        f"({exc}); install that backend's package, or unset KERAS_BACKEND to use torch"
+    ) from exc
 
 BACKEND = keras.backend.backend()
 """Name of the Keras backend in use in this process, e.g. ``"torch"``."""
@@ -332,6 +343,27 @@ def _capabilities(backend):
     )
 
 
+_MASKED_FLOAT64 = (
+    "Keras 3.15.1, torch backend: with a mask, float64 runs through LSTMCell, whose "
+    "keras.ops.matmul rounds its result to float32 (keras.backend.result_type maps "
+    "float64 to float32 on all backends but TensorFlow)"
+)
+
+
+def _known_failures(backend):
+    """Return the properties seen failing on ``backend``, with the measured reason."""
+    if backend != "torch":
+        return {}
+    return {
+        "padding_invariance": _MASKED_FLOAT64 + "; so a masked run and the unmasked "
+        "truncated run of the same example differ by ~3e-9 in float64",
+        "dtype_honoured": _MASKED_FLOAT64 + "; so with lengths the float64 output has "
+        "float32 rounding errors (~1e-8) and its difference quotients disagree",
+        "gradient_final_state": _MASKED_FLOAT64 + "; so with lengths the float64 "
+        "gradients are off by ~1e-7 relative to the exact ones",
+    }
+
+
 class KerasImplementation(Implementation):
     """Keras 3 ``Bidirectional(LSTM)`` on the backend picked at import; see the module docstring."""
 
@@ -341,13 +373,11 @@ class KerasImplementation(Implementation):
     extra = "keras"
     capabilities = _capabilities(BACKEND)
 
-    # Measured with Keras 3.15.1 on the torch backend (CPU); see the module
-    # docstring, section "Precision with a mask".
-    known_failures = {}
+    known_failures = _known_failures(BACKEND)
 
     def version(self):
-        backend_version = _backend_version(BACKEND)
-        return f"keras {keras.__version__} (backend {BACKEND}{backend_version})"
+        """Return the Keras version and the backend in use, e.g. ``"3.15.1 (backend torch 2.13.0)"``."""
+        return f"{keras.__version__} (backend {BACKEND}{_backend_version(BACKEND)})"
 
     def build(self, params, *, merge_mode):
         """Return a model around one new ``Bidirectional`` layer holding ``params``.
