@@ -704,10 +704,7 @@ class _PaddedStepsLeakIntoGradients(PlainModel):
         return dz
 
 
-@mutant("nan_upstream_times_mask", expected=None,
-        reason="no property passes NaN or inf in dy at padded steps, where NaN * 0 = NaN differs "
-               "from selecting 0 (finite values there the gradient properties do check); "
-               "padding_invariance puts NaN into the padding of x only",
+@mutant("nan_upstream_times_mask", expected="padding_gradients",
         bug="Backward masks dy by multiplying with a 0/1 mask, so NaN in dy at padded steps gives NaN gradients.",
         shows_when="NaN in dy at padded steps")
 class _NanUpstreamTimesMask(PlainModel):
@@ -945,11 +942,7 @@ class _Float64ComputedInFloat32(WrappedReferenceModel):
         return _cast_grads(grads, self.dtype)
 
 
-@mutant("unstable_sigmoid", expected=None,
-        reason="no property drives a pre-activation at a valid step near the overflow: weights "
-               "below 5, inputs and states below 1 (2 in causality's changed inputs) and n_in, "
-               "H <= 6 keep |z| below 65 (95), while exp overflows above 88.7 in float32 and "
-               "709.8 in float64; no property fails on numpy's overflow warning either",
+@mutant("unstable_sigmoid", expected="large_preactivations",
         bug="Sigmoid written exp(z) / (1 + exp(z)), which overflows to inf / inf = NaN for large z.",
         shows_when="a pre-activation above 88.7 (float32) or 709.8 (float64)")
 class _UnstableSigmoid(PlainModel):
@@ -1067,9 +1060,7 @@ class _InitialStatesDirectionsSwapped(PlainModel):
         return dh0[::-1].copy(), dc0[::-1].copy()
 
 
-@mutant("final_states_directions_swapped", expected=None,
-        reason="only reference_agreement compares h_n and c_n with an independent value; the "
-               "other properties compare them with the same model's own runs, which swap alike",
+@mutant("final_states_directions_swapped", expected="final_state_positions",
         bug="h_n and c_n returned backward direction first (another framework's order); gradients match.")
 class _FinalStatesDirectionsSwapped(PlainModel):
     def final_states(self, result):

@@ -69,6 +69,37 @@ def merge_backward_consistency(subject, case, rng):
         )
 
 
+@register("padding_gradients", requires=("backward", "lengths"), with_lengths="always")
+def padding_gradients(subject, case, rng):
+    """Upstream gradients at padded steps are ignored, and dx is 0 there.
+
+    Replacing ``dy`` at padded steps by random values or NaN leaves every
+    gradient unchanged (compared with ``dy`` zeroed there), and the
+    gradient of the input at padded steps is exactly 0.
+    """
+    padded = np.arange(case.sizes.n_t)[None, :] >= case.lengths[:, None]
+    if not padded.any():
+        return
+
+    # (n_ex, 1, n_t) broadcasts against every output layout and against x.
+    mask = np.broadcast_to(padded[:, None, :], case.dy.shape)
+    dy_zero = np.where(mask, 0, case.dy).astype(case.dtype)
+    model, _ = run_forward(subject, case)
+    reference = run_backward(model, case, subject, dy=dy_zero)
+
+    dx_padded = np.where(padded[:, None, :], reference.dx, 0)
+    check_close("dx at padded steps", dx_padded, np.zeros_like(dx_padded), dtype=case.dtype,
+                check="exact", call="backward(dy) with lengths")
+
+    for filler in ("random", "nan"):
+        dy_other = dy_zero.copy()
+        dy_other[mask] = rng.standard_normal(int(mask.sum())) if filler == "random" else np.nan
+        fresh, _ = run_forward(subject, case)
+        compare_grads(f"gradients with {filler} dy at padded steps", run_backward(fresh, case, subject, dy=dy_other),
+                      reference, dtype=case.dtype, check="exact",
+                      call=f"backward(dy with {filler} values at padded steps)")
+
+
 def _scaled_sum(a, grads_a, b, grads_b):
     """Return ``a * grads_a + b * grads_b`` as a flat dict."""
     first, second = grads_as_dict(grads_a), grads_as_dict(grads_b)

@@ -283,6 +283,67 @@ def _check_truncated_runs(subject, case, out):
                 )
 
 
+@register("final_state_positions", requires=("final_state",), needs_concat=True)
+def final_state_positions(subject, case, rng):
+    """The final hidden states are the forward half at the last valid step and the backward half at step 0.
+
+    For an example of length L >= 1, ``h_n[0]`` equals the forward half of
+    the concat output at step L - 1 and ``h_n[1]`` the backward half at step
+    0; for L = 0 both equal the initial states.
+    """
+    y_fwd, y_bwd = halves(subject, case)
+    _, out = run_forward(subject, case, merge_mode="concat")
+    lengths = case.lengths if case.lengths is not None else np.full(case.sizes.n_ex, case.sizes.n_t)
+    h0 = case.h0 if case.h0 is not None else np.zeros_like(out.h_n)
+
+    last = np.clip(lengths - 1, 0, None)
+    rows = np.arange(case.sizes.n_ex)
+    empty = (lengths == 0)[:, None]
+    expected = np.stack([
+        np.where(empty, h0[0], y_fwd[rows, :, last]),
+        np.where(empty, h0[1], y_bwd[:, :, 0]),
+    ])
+    check_close("h_n vs the output halves at the ends of each sequence", out.h_n, expected,
+                dtype=case.dtype, check="exact", describe=describe_state_index,
+                call="forward(x) with merge_mode='concat'")
+
+
+@register("large_preactivations", weight_scales=("typical", "saturating"))
+def large_preactivations(subject, case, rng):
+    """Large finite inputs give finite outputs and gradients, with hidden states in [-1, 1].
+
+    The input is scaled by 1e3, so gate pre-activations reach thousands; a
+    sigmoid or tanh written as exp(z) / (1 + exp(z)) overflows there and
+    returns NaN, which a stable formulation never does.
+    """
+    x_large = (case.x * 1e3).astype(case.dtype)
+    model, out = run_forward(subject, case, x=x_large)
+    for name, array in _outputs_of(out).items():
+        _check_finite_array(f"{name} for input scaled by 1e3", array)
+
+    if "concat" in subject.capabilities.merge_modes:
+        for name, half in zip(("forward half", "backward half"), halves(subject, case, x=x_large)):
+            outside = ~(np.abs(half) <= 1)
+            if outside.any():
+                index = tuple(int(i) for i in np.argwhere(outside)[0])
+                raise PropertyFailure(f"{name} for input scaled by 1e3 has {half[index]!r} at "
+                                      f"index {index}, outside [-1, 1]\n  call: forward(1e3 * x)")
+
+    if subject.capabilities.backward:
+        grads = model.backward(case.dy)
+        arrays = {"dx": grads.dx, **{f"d{k}": v for k, v in (grads.dparams or {}).items()}}
+        for name, array in arrays.items():
+            _check_finite_array(f"{name} for input scaled by 1e3", np.asarray(array))
+
+
+def _check_finite_array(quantity, array):
+    bad = ~np.isfinite(array)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise PropertyFailure(f"{quantity}: non-finite value {array[index]!r} at index {index}\n"
+                              f"  call: forward(1e3 * x)")
+
+
 @register("hidden_state_bounds", needs_concat=True, weight_scales=("typical", "saturating"))
 def hidden_state_bounds(subject, case, rng):
     """Every hidden state lies in [-1, 1].

@@ -740,3 +740,60 @@ class HalvesControl(PlantedImplementation):
     """No bug: the split-and-merge forward that the half-level bugs change."""
 
     model_class = _HalvesModel
+
+
+class _FinalStatesAtLastStepModel(ReferenceModel):
+    def forward(self, x, *, lengths=None, h0=None, c0=None):
+        out = super().forward(x, lengths=lengths, h0=h0, c0=c0)
+        if lengths is None:
+            return out
+        # The forward final state read at step n_t - 1, where padded steps left zeros.
+        hidden_size = self.params["W_hh_fwd"].shape[0]
+        y = bilstm.forward(x, self.params, merge_mode="concat", lengths=lengths, h0=h0, c0=c0).y
+        h_n = out.h_n.copy()
+        h_n[0] = y[:, :hidden_size, -1]
+        return Output(out.y, h_n, out.c_n)
+
+
+class FinalStateAtLastStep(PlantedImplementation):
+    """Forward final state taken from the output at step n_t - 1, ignoring lengths."""
+
+    model_class = _FinalStatesAtLastStepModel
+
+
+def _overflowing_sigmoid(z):
+    e = np.exp(z)
+    return e / (1 + e)
+
+
+class _OverflowingSigmoidModel(_LoopModel):
+    def sigmoid(self, z):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _overflowing_sigmoid(z)
+
+
+class OverflowingSigmoid(PlantedImplementation):
+    """Sigmoid written exp(z) / (1 + exp(z)), which gives inf / inf = NaN for large z."""
+
+    model_class = _OverflowingSigmoidModel
+
+
+class _UpstreamTimesMaskModel(ReferenceModel):
+    def backward(self, dy, *, dh_n=None, dc_n=None):
+        lengths = self._last.lengths
+        if lengths is not None:
+            # Multiplying by the 0/1 mask keeps NaN at padded steps (NaN * 0 = NaN).
+            valid = np.arange(dy.shape[-1])[None, :] < lengths[:, None]
+            dy = dy * valid[:, None, :]
+            grads = bilstm.backward(self._last, np.nan_to_num(dy, nan=0.0), dh_n=dh_n, dc_n=dc_n)
+            poisoned = np.isnan(dy).any()
+            if poisoned:
+                grads.dx[...] = np.nan
+            return Grads(grads.dx, grads.dparams, grads.dh0, grads.dc0)
+        return super().backward(dy, dh_n=dh_n, dc_n=dc_n)
+
+
+class UpstreamTimesMask(PlantedImplementation):
+    """Backward masks dy by multiplying with the 0/1 mask, so NaN at padded steps spreads."""
+
+    model_class = _UpstreamTimesMaskModel

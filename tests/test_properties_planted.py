@@ -37,6 +37,12 @@ ONE_MODE_EXAMPLES = 40
 
 PLANTED = [
     # (property, planted implementation, verdict, message pattern[, max_examples])
+    ("final_state_positions", planted.FinalStateAtLastStep, FAILED,
+     r"h_n vs the output halves at the ends of each sequence: mismatch at forward direction"),
+    ("large_preactivations", planted.OverflowingSigmoid, IMPLEMENTATION_ERROR,
+     r"forward returned a non-finite y"),
+    ("padding_gradients", planted.UpstreamTimesMask, FAILED,
+     r"gradients with nan dy at padded steps: dx"),
     ("direction_symmetry", planted.UnreversedBackwardHalf, FAILED,
      r"y of the time-reversed input with swapped directions: mismatch"),
     ("direction_decomposition", planted.ForwardWeightsBothWays, FAILED,
