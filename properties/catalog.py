@@ -58,6 +58,20 @@ class Property:
 REGISTRY = {}
 """Property name -> :class:`Property`, in registration order."""
 
+CATALOG_MODULES = (
+    "properties.props_forward", "properties.props_backward",
+    "properties.props_gradients", "properties.props_reference",
+)
+"""Modules that register properties, in catalog order: cheap forward checks first."""
+
+
+def catalog_order():
+    """Return the registered properties in catalog order, whatever the import order was."""
+    rank = {module: k for k, module in enumerate(CATALOG_MODULES)}
+    position = {name: k for k, name in enumerate(REGISTRY)}
+    return sorted(REGISTRY.values(),
+                  key=lambda prop: (rank.get(prop.check.__module__, len(rank)), position[prop.name]))
+
 
 def register(name, *, requires=(), merge_modes=None, needs_concat=False, **case_options):
     """Register the decorated function as the property ``name``."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bilstm.merge import MERGE_MODES, canonical_merge_mode
 from bilstm.errors import InvalidArgumentError
-from properties import export, reports
+from properties import export, matrix, reports
 from properties.adapters import BUILTIN, load_implementation
 from properties.casefile import load_case
 from properties.catalog import Subject
@@ -84,7 +84,28 @@ def build_parser():
     replay_parser.add_argument("--time-limit", type=_time_limit_arg, default=DEFAULT_TIME_LIMIT,
                                help=f"seconds per call into the implementation (default: {DEFAULT_TIME_LIMIT:g})")
     export.add_export_parser(commands)
+    _add_matrix_parser(commands)
     return parser
+
+
+def _add_matrix_parser(commands):
+    matrix_parser = commands.add_parser(
+        "matrix", help="run every property on several implementations; write a verdict table")
+    matrix_parser.add_argument(
+        "--impl", action="append", default=None, metavar="NAME",
+        help=f"implementation (repeatable; default: {', '.join(matrix.DEFAULT_IMPLEMENTATIONS)})")
+    matrix_parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
+                               help=f"Hypothesis settings profile (default: {DEFAULT_PROFILE})")
+    matrix_parser.add_argument("--max-examples", type=int, default=None,
+                               help="examples per property, overriding the profile")
+    matrix_parser.add_argument("--markdown", default=None, metavar="FILE",
+                               help="write the table as Markdown to FILE")
+    matrix_parser.add_argument("--json", default=None, metavar="FILE",
+                               help="write the verdicts as JSON to FILE")
+    matrix_parser.add_argument("--case-dir", default=DEFAULT_CASE_DIR,
+                               help=f"folder for case files of failures (default: ./{DEFAULT_CASE_DIR})")
+    matrix_parser.add_argument("--time-limit", type=_time_limit_arg, default=DEFAULT_TIME_LIMIT,
+                               help=f"seconds per call into an implementation (default: {DEFAULT_TIME_LIMIT:g})")
 
 
 def _add_impl(parser):
@@ -179,6 +200,22 @@ def command_check(args, out):
     return status
 
 
+def command_matrix(args, out):
+    """Run ``matrix``; return 1 when any implementation fails a property, else 0."""
+    specs = matrix.check_specs(args.impl or list(matrix.DEFAULT_IMPLEMENTATIONS))
+    run_settings = profile_settings(args.profile, max_examples=args.max_examples)
+
+    def progress(spec, prop, result):
+        print(f"{spec}: {prop.name}: {result.verdict} ({result.seconds:.2f} s)", file=out, flush=True)
+
+    table = matrix.run_matrix(specs, run_settings, case_dir=args.case_dir, profile=args.profile,
+                              time_limit_s=args.time_limit, progress=progress)
+    print("", file=out)
+    print(matrix.markdown_table(table), file=out)
+    matrix.write_matrix(table, markdown=args.markdown, json_path=args.json)
+    return matrix.matrix_status(table)
+
+
 def command_list(args, out):
     """Print every property with its claim and requirements; return 0."""
     for prop in select_properties():
@@ -210,6 +247,7 @@ def command_replay(args, out):
 
 
 COMMANDS = {"check": command_check, "list": command_list, "replay": command_replay,
+            "matrix": command_matrix,
             "export-test": export.command_export_test}
 
 

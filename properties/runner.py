@@ -1,5 +1,6 @@
 """Run properties against an implementation with Hypothesis, and replay saved cases."""
 
+import importlib
 import importlib.metadata
 import platform
 import sys
@@ -17,7 +18,8 @@ from bilstm.merge import MERGE_MODES
 from properties import strategies
 from properties.casefile import save_case
 from properties.catalog import (
-    REGISTRY, Subject, applicable_merge_modes, new_rng, not_applicable_reason,
+    CATALOG_MODULES, REGISTRY, Subject, applicable_merge_modes, catalog_order, new_rng,
+    not_applicable_reason,
 )
 from properties.errors import CaseFileError, ImplementationError, PropertyFailure, UsageError
 
@@ -58,14 +60,15 @@ class _Record:
 
 def import_catalog():
     """Import the modules that register properties, in catalog order."""
-    from properties import props_forward, props_backward, props_gradients, props_reference  # noqa: F401
+    for module in CATALOG_MODULES:
+        importlib.import_module(module)
 
 
 def select_properties(names=None):
     """Return the registered properties named in ``names`` (all when ``None``)."""
     import_catalog()
     if not names:
-        return list(REGISTRY.values())
+        return catalog_order()
 
     unknown = [name for name in names if name not in REGISTRY]
     if unknown:
