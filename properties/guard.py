@@ -120,7 +120,7 @@ class GuardedModel:
         if h0 is not None:
             kwargs["h0"], kwargs["c0"] = h0, c0
 
-        what = "forward"
+        what = f"forward (merge_mode={self.merge_mode!r})"
         out = _invoke(what, self._model.forward, self.time_limit_s, x, **kwargs)
         n_ex, _, n_t = np.shape(x)
         self._x = x
@@ -140,7 +140,7 @@ class GuardedModel:
         if dh_n is not None:
             kwargs["dh_n"], kwargs["dc_n"] = dh_n, dc_n
 
-        what = "backward"
+        what = f"backward (merge_mode={self.merge_mode!r})"
         grads = _invoke(what, self._model.backward, self.time_limit_s, dy, **kwargs)
         finite = self._inputs_finite and _all_finite(dy, dh_n, dc_n)
 

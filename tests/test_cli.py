@@ -20,7 +20,7 @@ import pytest
 
 from properties.adapters.reference import ReferenceImplementation, ReferenceModel
 from properties.casefile import load_case, save_case
-from properties.catalog import REGISTRY
+from properties.catalog import REGISTRY, catalog_order
 from properties.cli import main
 from properties.runner import import_catalog
 
@@ -229,7 +229,7 @@ def test_list_names_every_property():
 
     assert status == 0
     headings = re.findall(r"^(\S+)  \(needs: ", output, flags=re.MULTILINE)
-    assert headings == list(REGISTRY)
+    assert headings == [prop.name for prop in catalog_order()]
 
 
 def test_list_prints_every_claim():
@@ -271,7 +271,7 @@ def test_check_reference_every_property(tmp_path):
 
     assert status == 0
     rows = table_rows(output)
-    assert list(rows) == list(REGISTRY)
+    assert list(rows) == [prop.name for prop in catalog_order()]
     for name, (verdict, _) in rows.items():
         assert verdict == "passed", name
 
@@ -319,7 +319,7 @@ def numpy_ml_check(tmp_path_factory):
 
 NUMPY_ML_DEFECTS = [
     # (property, verdict, text of the message)
-    ("gradient_input", "implementation error", "backward raised UnboundLocalError"),
+    ("gradient_input", "implementation error", "backward (merge_mode='multiply') raised UnboundLocalError"),
     ("statelessness", "FAILED", "y of a second forward call on the same model"),
 ]
 
@@ -483,10 +483,10 @@ def test_impl_user_module(user_module_dir, tmp_path):
 # Broken implementations: verdict "implementation error", exit status 1, no traceback.
 
 BROKEN = [
-    pytest.param("RaisingForward", "forward raised RuntimeError: planted failure in forward",
+    pytest.param("RaisingForward", "forward (merge_mode='concat') raised RuntimeError: planted failure in forward",
                  id="raises"),
-    pytest.param("WrongShape", "forward returned y of shape", id="wrong shape"),
-    pytest.param("NaNOutput", "forward returned a non-finite y", id="NaN"),
+    pytest.param("WrongShape", "forward (merge_mode='concat') returned y of shape", id="wrong shape"),
+    pytest.param("NaNOutput", "forward (merge_mode='concat') returned a non-finite y", id="NaN"),
 ]
 
 
@@ -518,7 +518,7 @@ def test_hanging_implementation(user_module_dir, tmp_path):
 
     assert_implementation_error(
         result.returncode, result.stdout,
-        "forward did not return within the time limit of 0.5 s",
+        "forward (merge_mode='concat') did not return within the time limit of 0.5 s",
     )
     assert "Traceback" not in result.stderr
 
