@@ -137,6 +137,24 @@ def test_zero_states_equal_keras_default(impl):
     np.testing.assert_array_equal(explicit, np.swapaxes(default, 1, 2))
 
 
+@needs_autodiff
+def test_calls_keep_global_random_state(impl):
+    import random
+
+    params, x, _ = make_case(2, 3, 4, 2)
+    python_before = random.getstate()
+    _, numpy_key_before, numpy_position_before, *_ = np.random.get_state()
+
+    model = impl.build(params, merge_mode="concat")
+    y = model.forward(x, lengths=np.array([4, 2])).y
+    model.backward(np.ones_like(y))
+
+    _, numpy_key_after, numpy_position_after, *_ = np.random.get_state()
+    assert random.getstate() == python_before
+    np.testing.assert_array_equal(numpy_key_after, numpy_key_before)
+    assert numpy_position_after == numpy_position_before
+
+
 LENGTHS = np.array([5, 2, 0, 3])
 
 
@@ -181,6 +199,7 @@ def test_mask_zero_length_keeps_states(impl):
     np.testing.assert_array_equal(out.c_n[:, empty], c0[:, empty])
 
 
+@pytest.mark.skipif(keras_lstm.BACKEND != "torch", reason="a fact about the torch backend")
 def test_masked_float64_rounds_to_float32(impl):
     params, x, h0, c0 = masked_case()
     model = impl.build(params, merge_mode="concat")
@@ -240,16 +259,14 @@ def test_forward_only_run_matches_reference(impl):
 
 
 
-# The gradient properties take 10 to 50 s each here, so the table keeps the
-# cheaper ones; the full catalog runs with `bilstm-verify check --impl keras`.
-CHEAP_PROPERTIES = [
-    "direction_symmetry", "merge_forward_consistency", "padding_invariance",
-    "zero_weights", "single_step", "merge_backward_consistency", "dtype_honoured",
-    "reference_agreement",
-]
+# gradient_final_state alone takes ~40 s at 5 examples (every loss evaluation
+# runs the masked Keras loop), three times all other properties together, so it
+# runs only in the full check: `bilstm-verify check --impl keras`.
+SLOW_PROPERTIES = {"gradient_final_state"}
+PROPERTIES = [prop.name for prop in select_properties() if prop.name not in SLOW_PROPERTIES]
 
 
-@pytest.mark.parametrize("name", CHEAP_PROPERTIES)
+@pytest.mark.parametrize("name", PROPERTIES)
 def test_property_passes(impl, name):
     prop = select_properties([name])[0]
     reason = not_applicable_reason(prop, impl.capabilities)
@@ -258,14 +275,23 @@ def test_property_passes(impl, name):
 
     result = run_property(prop, Subject(impl), profile_settings("ci", max_examples=5))
 
-    allowed = (PASSED, KNOWN_FAILURE) if name in impl.known_failures else (PASSED,)
-    assert result.verdict in allowed, result.message
+    # A known failure counts only in the case it is known for (float64 with
+    # lengths), because the runner matches known failures by name alone.
+    if result.verdict == KNOWN_FAILURE:
+        assert name in impl.known_failures
+        assert " float64 " in result.case_summary, result.message
+        assert "lengths=None" not in result.case_summary, result.message
+    else:
+        assert result.verdict == PASSED, result.message
 
 
 class FlippedBackwardHalf(KerasImplementation):
     """Keras with the backward half of a concat output reversed in time."""
 
     name = "keras-flipped-backward-half"
+    # Empty, so that a verdict of known failure cannot stand in for the
+    # planted bug, whatever Keras' own list comes to contain.
+    known_failures = {}
 
     def build(self, params, *, merge_mode):
         model = super().build(params, merge_mode=merge_mode)
@@ -282,10 +308,14 @@ class FlippedBackwardHalf(KerasImplementation):
         return model
 
 
-def test_planted_flip_caught():
-    prop = select_properties(["reference_agreement"])[0]
+@pytest.mark.parametrize("name, quantity", [
+    ("reference_agreement", "backward half of y"),
+    ("direction_decomposition", "backward half vs a forward run over the reversed input"),
+])
+def test_planted_flip_caught(name, quantity):
+    prop = select_properties([name])[0]
     result = run_property(prop, Subject(FlippedBackwardHalf()),
                           profile_settings("ci", max_examples=5), merge_modes=["concat"])
 
     assert result.verdict == FAILED
-    assert "backward half of y" in result.message
+    assert quantity in result.message

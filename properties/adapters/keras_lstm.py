@@ -35,14 +35,15 @@ step ``len - 1`` and its final state is the state after step 0.  A length of
 
 Precision with a mask (Keras 3.15.1, torch backend)
 ----------------------------------------------------
-Without a mask, the torch backend runs its own LSTM loop with
+Without a mask, the torch backend on CPU runs its own LSTM loop with
 ``torch.matmul`` and computes float64 in float64.  With a mask it falls back
 to Keras' generic RNN loop over ``LSTMCell``, whose ``keras.ops.matmul``
 casts its result to ``keras.backend.result_type(float64, float64)``, which is
 float32 on every backend except TensorFlow.  The outputs are still float64
-arrays, but they carry float32 rounding errors (~1e-8).  The adapter passes
-this through unchanged; :attr:`KerasImplementation.known_failures` lists the
-properties that see it.
+arrays, but they carry float32 rounding errors (~1e-8), and autograd through
+the same casts gives gradients with relative errors of ~1e-7.  The adapter
+passes this through unchanged; :attr:`KerasImplementation.known_failures`
+lists the properties that see it.
 
 Gradients
 ---------
@@ -89,12 +90,13 @@ KERAS_MERGE_MODES = {"concat": "concat", "sum": "sum", "average": "ave",
                      "multiply": "mul", None: None}
 """Canonical merge mode -> the name ``keras.layers.Bidirectional`` expects."""
 
-# Initial values never matter because set_weights overwrites them.  Zeros
-# draw nothing from Keras' global seed generator, which is seeded from
-# Python's global random module.
-_ZERO_INIT = {
+# Initial values never matter because set_weights overwrites them, and the
+# seed only drives dropout, which is off.  With zero initializers and a fixed
+# seed, building a layer draws nothing from Python's global random module,
+# from which Keras seeds every seed generator created without a seed.
+_FIXED_INIT = {
     "kernel_initializer": "zeros", "recurrent_initializer": "zeros",
-    "bias_initializer": "zeros", "unit_forget_bias": False,
+    "bias_initializer": "zeros", "unit_forget_bias": False, "seed": 0,
 }
 
 
@@ -231,8 +233,8 @@ def _torch_run(layer, x, mask, states):
 def _jax_run(layer, x, mask, states):
     """Run ``layer`` through ``jax.vjp`` of ``layer.stateless_call``; see :func:`_torch_run`.
 
-    NOTE: never run, because jax was not installed where this adapter was
-    written.  It follows Keras 3's documented ``stateless_call``.  By
+    NOTE: untested, because this path has never run against jax.  It
+    follows Keras 3's documented ``stateless_call``.  By
     default JAX computes in float32 even for float64 input, and the harness's
     ``dtype_honoured`` property is there to report that, so nothing here
     casts.
@@ -351,7 +353,13 @@ _MASKED_FLOAT64 = (
 
 
 def _known_failures(backend):
-    """Return the properties seen failing on ``backend``, with the measured reason."""
+    """Return the properties seen failing on ``backend`` in the ci profile, with the reason.
+
+    reference_agreement fails for the same reason with ``--max-examples
+    100``, but it is not listed: a known failure matches by property name
+    only, and listing it would also report a wrong ``dh0`` or a swapped
+    half as a known failure.
+    """
     if backend != "torch":
         return {}
     return {
@@ -372,7 +380,6 @@ class KerasImplementation(Implementation):
                    f"return_state=True)), backend {BACKEND}")
     extra = "keras"
     capabilities = _capabilities(BACKEND)
-
     known_failures = _known_failures(BACKEND)
 
     def version(self):
@@ -387,11 +394,13 @@ class KerasImplementation(Implementation):
         goes to Keras unchanged, so that Keras' own validation is seen.
         """
         dtype = np.asarray(params["W_hh_fwd"]).dtype.name
-        keras_mode = KERAS_MERGE_MODES.get(merge_mode, merge_mode) if _hashable(merge_mode) else merge_mode
+        keras_mode = merge_mode
+        if _hashable(merge_mode):
+            keras_mode = KERAS_MERGE_MODES.get(merge_mode, merge_mode)
 
         lstm = keras.layers.LSTM(
             hidden_size_of(params), return_sequences=True, return_state=True, dtype=dtype,
-            **_ZERO_INIT,
+            **_FIXED_INIT,
         )
         # Bidirectional needs the dtype as well: without it the layer's
         # outputs are cast to the default float32.
