@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import hypothesis
 import numpy as np
-from hypothesis import given
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Flaky
 
@@ -34,6 +34,8 @@ FAILING_VERDICTS = (FAILED, IMPLEMENTATION_ERROR, HARNESS_ERROR)
 """Verdicts that make ``check`` exit with status 1."""
 
 _SEEDS = st.integers(min_value=0, max_value=2**32 - 1)
+
+_NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 
 @dataclass
@@ -130,6 +132,15 @@ def run_property(prop, subject, run_settings, *, merge_modes=None, seed=None, sa
     reason = not_applicable_reason(prop, subject.capabilities, merge_modes)
     if reason is not None:
         return PropertyResult(prop.name, NOT_APPLICABLE, reason)
+
+    # Shrinking a failure that is known in every mode the run draws costs
+    # minutes and changes no verdict, so such a property is not shrunk.
+    modes = applicable_merge_modes(prop, subject.capabilities)
+    if merge_modes is not None:
+        modes &= set(merge_modes)
+    if all(_known_failure_reason(known_failures, subject.implementation, prop.name, mode)
+           for mode in modes):
+        run_settings = settings(run_settings, phases=_NO_SHRINK)
 
     record = _Record()
     strategy = case_strategy(prop, subject.capabilities, merge_modes)
