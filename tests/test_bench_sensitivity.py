@@ -236,6 +236,8 @@ def test_main_tiny_run(bench, tmp_path, capsys):
     assert status == 0
     assert "| 1e-06 |" in printed
     assert "cases with a false alarm" in printed
+    assert "| dx |" in printed
+    assert "| saturating |" in printed
     assert set(summary) == set(bench.COLUMNS)
     assert summary["ours float64"]["cases"] == 2
     assert summary["gradcheck float64"]["cases"] == 1
