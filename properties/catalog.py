@@ -96,6 +96,8 @@ class Subject:
         # sharpens the failure message; the runner re-runs the minimal case
         # with detailed set to get the full message.
         self.detailed = True
+        # Merge modes the user asked for (--merge-mode); None means every mode.
+        self.requested_modes = None
 
     def model(self, params, merge_mode):
         """Build a fresh, guarded model."""
@@ -133,9 +135,13 @@ def not_applicable_reason(prop, capabilities, merge_modes=None):
 
 def elementwise_modes(subject, case):
     """The drawn merge mode first, then every other supported mode except concat."""
+    allowed = set(subject.capabilities.merge_modes)
+    if subject.requested_modes is not None:
+        allowed &= subject.requested_modes
+
     modes = [case.merge_mode] if case.merge_mode != "concat" else []
     for mode in MERGE_MODES:
-        if mode != "concat" and mode not in modes and mode in subject.capabilities.merge_modes:
+        if mode != "concat" and mode not in modes and mode in allowed:
             modes.append(mode)
     return modes
 

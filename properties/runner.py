@@ -147,6 +147,7 @@ def run_property(prop, subject, run_settings, *, merge_modes=None, seed=None, sa
     test = _hypothesis_test(prop, subject, strategy, run_settings, record, seed)
     start = time.perf_counter()
     subject.detailed = False
+    subject.requested_modes = None if merge_modes is None else set(merge_modes)
     try:
         test()
     except (PropertyFailure, ImplementationError, Flaky) as exc:
@@ -157,6 +158,7 @@ def run_property(prop, subject, run_settings, *, merge_modes=None, seed=None, sa
                               examples=record.examples, seconds=time.perf_counter() - start)
     finally:
         subject.detailed = True
+        subject.requested_modes = None
 
     return PropertyResult(prop.name, PASSED, examples=record.examples,
                           seconds=time.perf_counter() - start)
