@@ -172,7 +172,7 @@ def _check_consistent(path, case):
             validate_state(name, getattr(case, name), (2, n_ex, hidden), x.dtype)
         expected = output_shape(n_ex, hidden, n_t, merge_mode)
     except BiLSTMError as exc:
-        raise CaseFileError(f"case file {str(path)!r} holds an invalid case: {exc}") from None
+        raise CaseFileError(f"case file {str(path)!r} contains an invalid case: {exc}") from None
 
     if case.dy.shape != expected:
         raise CaseFileError(f"case file {str(path)!r}: dy has shape {case.dy.shape} but the "

@@ -134,7 +134,7 @@ def not_applicable_reason(prop, capabilities, merge_modes=None):
 
 
 def elementwise_modes(subject, case):
-    """The drawn merge mode first, then every other supported mode except concat."""
+    """Return the drawn merge mode, then every other allowed mode except concat."""
     allowed = set(subject.capabilities.merge_modes)
     if subject.requested_modes is not None:
         allowed &= subject.requested_modes

@@ -27,7 +27,7 @@ CELL_TEXT = {
     NOT_APPLICABLE: "n/a",
     HARNESS_ERROR: "**harness error**",
 }
-"""How each verdict reads in a Markdown cell; a verdict not listed is shown as is."""
+"""Markdown cell text of each verdict; a verdict not listed is shown as it is."""
 
 
 def run_matrix(specs, run_settings, *, case_dir, profile, time_limit_s, progress=None):

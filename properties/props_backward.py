@@ -235,7 +235,7 @@ def dtype_honoured(subject, case, rng):
     Every output and gradient has the dtype of ``x``.  For float64, central
     difference quotients of the output along a random input direction at
     steps 1e-5 and 1e-6 agree to about 1e-10, far inside the half of the
-    float64 digits the check asks for; an implementation that rounds to
+    float64 digits the check requires; an implementation that rounds to
     float32 inside has a rounding error of about 1e-7 / 1e-6 = 0.1 there.
     """
     model, out = run_forward(subject, case)

@@ -32,7 +32,7 @@ def reference_agreement(subject, case, rng):
 
     Each direction's half of the output, each direction's final states and
     each gradient tensor (dx, every parameter of both directions, dh0, dc0)
-    is compared on its own, so a failure says which half or tensor is wrong.
+    is compared on its own, so a failure names the half or tensor that is wrong.
     """
     model, out = run_forward(subject, case)
     expected, expected_grads = _reference(case, subject)

@@ -53,7 +53,7 @@ class PropertyResult:
 
 @dataclass
 class _Record:
-    """What the Hypothesis test function saw: a count and the last failure."""
+    """Examples counted and the last failure seen by the Hypothesis test function."""
 
     examples: int = 0
     failure: tuple | None = None

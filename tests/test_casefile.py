@@ -287,11 +287,11 @@ BAD_FILES = [
                  "dy has shape \\(2, 3, 2, 8\\) but the case's output has shape \\(2, 3, 2, 4\\)",
                  id="load_case(dy too wide)"),
     pytest.param(_edited(_array_edit("arrays/params.W_hh_bwd.npy", lambda w: w[:1])),
-                 "holds an invalid case.*W_hh_bwd", id="load_case(W_hh_bwd shape)"),
+                 "contains an invalid case.*W_hh_bwd", id="load_case(W_hh_bwd shape)"),
     pytest.param(_edited(_array_edit("arrays/h0.npy", _wider)),
-                 "holds an invalid case.*h0", id="load_case(h0 shape)"),
+                 "contains an invalid case.*h0", id="load_case(h0 shape)"),
     pytest.param(_edited(_array_edit("arrays/lengths.npy", lambda n: n + 10)),
-                 "holds an invalid case.*lengths", id="load_case(lengths > n_t)"),
+                 "contains an invalid case.*lengths", id="load_case(lengths > n_t)"),
 ]
 
 
