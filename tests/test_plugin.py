@@ -217,8 +217,10 @@ def test_profile_and_database(pytester, subprocess_env):
     first.assert_outcomes(failed=1)
     assert "during reuse phase" not in first.stdout.str()
     second.assert_outcomes(failed=1)
+    # Hypothesis words the counts differently across versions; this line is
+    # the same in 6.155 and 6.170.
     second.stdout.fnmatch_lines(["*during reuse phase*",
-                                 "*0 passing examples, 1 failing examples*"])
+                                 "*Found 1 distinct error in this phase*"])
 
 
 # ---------------------------------------------------------------------------
