@@ -1,0 +1,266 @@
+"""Time forward + backward of the reference BiLSTM against torch.nn.LSTM on CPU.
+
+Run from the repository root::
+
+    python3 benchmarks/bench_reference.py
+    python3 benchmarks/bench_reference.py --dtype float32 --repeats 15
+
+Both implementations get the same weights, input and upstream gradient, and
+both compute the gradients of the input and of every weight.  Runs of the two
+alternate in one process.  The script prints the machine it ran on, then a
+Markdown table (ready for BENCHMARKS.md) with the median time of each
+implementation, their ratio, and whether the ratio meets the project's target.
+"""
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bilstm import backward, forward  # noqa: E402
+
+TARGET_RATIOS = {"float64": 1.0, "float32": 1.5}
+"""Maximum accepted (reference time) / (torch time), per dtype."""
+
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+BLAS_ENV_VARS = (
+    "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+)
+"""Environment variables that change which BLAS kernel runs or on how many threads."""
+
+
+def parse_args(argv=None):
+    """Parse the command line; every size defaults to the benchmark's reference case."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n-ex", type=int, default=32, help="batch size (examples)")
+    parser.add_argument("--n-t", type=int, default=100, help="time steps")
+    parser.add_argument("--n-in", type=int, default=64, help="input features")
+    parser.add_argument("--hidden", type=int, default=128, help="hidden units per direction, H")
+    parser.add_argument(
+        "--repeats", type=int, default=9,
+        help="timed runs of each implementation; the median is reported (at least 5)",
+    )
+    parser.add_argument(
+        "--dtype", choices=("both", "float64", "float32"), default="both",
+        help="dtype to time; 'both' times float64 then float32",
+    )
+    parser.add_argument(
+        "--pause", type=float, default=0.3,
+        help="seconds of idle time before each timed run, so that worker threads "
+             "left spinning by the other library have gone to sleep (0 disables)",
+    )
+    parser.add_argument(
+        "--blas-threads", type=int, default=None,
+        help="threads for numpy's BLAS; default: torch's thread count",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random case")
+    args = parser.parse_args(argv)
+
+    if args.repeats < 5:
+        parser.error(f"--repeats={args.repeats} is too few for a median; use at least 5")
+    return args
+
+
+def cpu_model():
+    """Return the CPU model name from /proc/cpuinfo, or platform's guess elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def blas_libraries():
+    """Return threadpoolctl's description of every loaded thread pool, or None if it is missing."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return None
+    return threadpoolctl.threadpool_info()
+
+
+def limit_blas_threads(n_threads):
+    """Limit numpy's BLAS to ``n_threads``; return the limiter, or None without threadpoolctl."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return None
+    return threadpoolctl.threadpool_limits(limits=n_threads, user_api="blas")
+
+
+def machine_lines():
+    """Describe the machine, library versions, thread counts and BLAS kernels, one line each."""
+    lines = [
+        f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"CPU: {cpu_model()}",
+        f"logical CPUs: {os.cpu_count()}, usable by this process: {len(os.sched_getaffinity(0))}",
+        f"load average (1, 5, 15 min): {', '.join(f'{v:.2f}' for v in os.getloadavg())}",
+        f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}",
+        f"torch threads: intra-op {torch.get_num_threads()}, "
+        f"inter-op {torch.get_num_interop_threads()}",
+    ]
+
+    libraries = blas_libraries()
+    if libraries is None:
+        lines.append("thread pools: unknown (pip install threadpoolctl to list them)")
+    for lib in libraries or ():
+        version = f" {lib['version']}" if lib.get("version") else ""
+        kernel = f", kernel {lib['architecture']}" if lib.get("architecture") else ""
+        lines.append(
+            f"thread pool {lib['prefix']} ({lib['internal_api']}{version}): "
+            f"{lib['num_threads']} threads{kernel}"
+        )
+
+    env = ", ".join(f"{name}={os.environ.get(name, '(unset)')}" for name in BLAS_ENV_VARS)
+    lines.append(f"environment: {env}")
+    return lines
+
+
+def reference_params(lstm, dtype):
+    """Convert a one-layer bidirectional torch LSTM to the reference's parameter dict.
+
+    torch stores (4H, n_in) weights with gate order i, f, g, o and two biases;
+    the reference uses (n_in, 4H) weights, the same gate order and one bias.
+    """
+    params = {}
+    for suffix, direction in (("", "fwd"), ("_reverse", "bwd")):
+        w_ih = getattr(lstm, f"weight_ih_l0{suffix}")
+        w_hh = getattr(lstm, f"weight_hh_l0{suffix}")
+        bias = getattr(lstm, f"bias_ih_l0{suffix}") + getattr(lstm, f"bias_hh_l0{suffix}")
+        params[f"W_ih_{direction}"] = w_ih.detach().numpy().T.astype(dtype)
+        params[f"W_hh_{direction}"] = w_hh.detach().numpy().T.astype(dtype)
+        params[f"b_{direction}"] = bias.detach().numpy().astype(dtype)
+    return params
+
+
+def make_case(args, dtype_name):
+    """Build one torch LSTM and matching reference inputs, with one shared upstream gradient.
+
+    Returns
+    -------
+    dict
+        ``run_torch`` and ``run_reference``, each a callable that runs forward
+        and backward once, plus ``agreement``, the largest absolute difference
+        of ``y`` and ``dx`` between the two.
+    """
+    dtype = np.dtype(dtype_name)
+    torch.manual_seed(args.seed)
+    lstm = torch.nn.LSTM(args.n_in, args.hidden, bidirectional=True)
+    lstm = lstm.to(TORCH_DTYPES[dtype_name])
+
+    rng = np.random.default_rng(args.seed)
+    x = rng.standard_normal((args.n_ex, args.n_in, args.n_t)).astype(dtype)
+    dy = rng.standard_normal((args.n_ex, 2 * args.hidden, args.n_t)).astype(dtype)
+    params = reference_params(lstm, dtype)
+
+    # torch's default layout is time-major: (n_t, n_ex, features).
+    x_torch = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))).requires_grad_()
+    dy_torch = torch.from_numpy(np.ascontiguousarray(dy.transpose(2, 0, 1)))
+    inputs = [x_torch, *lstm.parameters()]
+
+    def run_torch():
+        y, _ = lstm(x_torch)
+        return y, torch.autograd.grad(y, inputs, dy_torch)
+
+    def run_reference():
+        result = forward(x, params)
+        return result, backward(result, dy)
+
+    result, grads = run_reference()
+    y_torch, grads_torch = run_torch()
+    agreement = max(
+        np.max(np.abs(result.y - y_torch.detach().numpy().transpose(1, 2, 0))),
+        np.max(np.abs(grads.dx - grads_torch[0].numpy().transpose(1, 2, 0))),
+    )
+    return {"run_torch": run_torch, "run_reference": run_reference, "agreement": agreement}
+
+
+def time_interleaved(runs, repeats, pause):
+    """Time each callable ``repeats`` times, alternating between them.
+
+    The order flips every round so that neither implementation always runs
+    right after the other.  Returns a dict of name to list of seconds.
+    """
+    names = list(runs)
+    times = {name: [] for name in names}
+
+    for name in names:
+        runs[name]()
+
+    for round_index in range(repeats):
+        order = names if round_index % 2 == 0 else names[::-1]
+        for name in order:
+            gc.collect()
+            time.sleep(pause)
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def table_row(dtype_name, times):
+    """Format one Markdown row: medians with min-max spread, ratio, target, verdict."""
+    ref = statistics.median(times["reference"])
+    tor = statistics.median(times["torch"])
+    ratio = ref / tor
+    target = TARGET_RATIOS[dtype_name]
+
+    def cell(values):
+        return f"{statistics.median(values) * 1e3:.1f} ({min(values) * 1e3:.1f}-{max(values) * 1e3:.1f})"
+
+    verdict = "yes" if ratio <= target else "no"
+    return (
+        f"| {dtype_name} | {cell(times['reference'])} | {cell(times['torch'])} "
+        f"| {ratio:.2f} | <= {target} | {verdict} |"
+    )
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    blas_threads = args.blas_threads or torch.get_num_threads()
+    limiter = limit_blas_threads(blas_threads)
+    dtype_names = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
+
+    print(f"command: python3 {' '.join(sys.argv)}")
+    print(
+        f"case: n_ex={args.n_ex}, n_t={args.n_t}, n_in={args.n_in}, H={args.hidden}, "
+        f"forward + backward (gradients of x and all weights), "
+        f"{args.repeats} interleaved runs each, {args.pause} s pause before each run"
+    )
+    if limiter is None:
+        print(f"numpy BLAS threads: not controlled, so --blas-threads={blas_threads} is ignored")
+    for line in machine_lines():
+        print(line)
+
+    rows = []
+    for dtype_name in dtype_names:
+        case = make_case(args, dtype_name)
+        print(f"{dtype_name}: max |reference - torch| over y and dx = {case['agreement']:.2e}")
+        runs = {"reference": case["run_reference"], "torch": case["run_torch"]}
+        rows.append(table_row(dtype_name, time_interleaved(runs, args.repeats, args.pause)))
+
+    print()
+    print("| dtype | reference ms, median (min-max) | torch ms, median (min-max) "
+          "| ratio | target | met |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(row)
+    print(f"\nload average after the runs: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
