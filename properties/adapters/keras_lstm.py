@@ -233,11 +233,12 @@ def _torch_run(layer, x, mask, states):
 def _jax_run(layer, x, mask, states):
     """Run ``layer`` through ``jax.vjp`` of ``layer.stateless_call``; see :func:`_torch_run`.
 
-    NOTE: untested, because this path has never run against jax.  It
-    follows Keras 3's documented ``stateless_call``.  By
-    default JAX computes in float32 even for float64 input, and the harness's
-    ``dtype_honoured`` property is there to report that, so nothing here
-    casts.
+    NOTE: no automated test covers this path, because CI does not install
+    jax.  It was run by hand with jax 0.10.2 and Keras 3.15.1
+    (``KERAS_BACKEND=jax bilstm-verify check --impl keras``): gradient_input
+    passed, and dtype_honoured and reference_agreement failed because JAX
+    computes float64 input in float32.  Nothing here casts, so the harness
+    sees that.
     """
     import jax
     import jax.numpy as jnp
