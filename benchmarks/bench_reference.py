@@ -42,8 +42,11 @@ BLAS_ENV_VARS = (
 
 
 def parse_args(argv=None):
-    """Parse the command line; every size defaults to the benchmark's reference case."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Parse and check the command line. The size defaults are the standard benchmark case."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--n-ex", type=int, default=32, help="batch size (examples)")
     parser.add_argument("--n-t", type=int, default=100, help="time steps")
     parser.add_argument("--n-in", type=int, default=64, help="input features")
@@ -58,18 +61,32 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--pause", type=float, default=0.3,
-        help="seconds of idle time before each timed run, so that worker threads "
-             "left spinning by the other library have gone to sleep (0 disables)",
+        help="seconds to sleep before each timed run and its untimed runs, so that "
+             "worker threads left spinning by the other library have gone to sleep",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1,
+        help="untimed runs of the same implementation right before each timed run",
     )
     parser.add_argument(
         "--blas-threads", type=int, default=None,
-        help="threads for numpy's BLAS; default: torch's thread count",
+        help="threads for numpy's BLAS (None: torch's intra-op thread count)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random case")
     args = parser.parse_args(argv)
 
     if args.repeats < 5:
         parser.error(f"--repeats={args.repeats} is too few for a median; use at least 5")
+    if args.pause < 0:
+        parser.error(f"--pause={args.pause} is negative; use 0 or more seconds")
+    if args.blas_threads is not None and args.blas_threads < 1:
+        parser.error(f"--blas-threads={args.blas_threads} is invalid; use 1 or more")
+    if args.warmup < 0:
+        parser.error(f"--warmup={args.warmup} is negative; use 0 or more runs")
+    for name in ("n_ex", "n_t", "n_in", "hidden"):
+        if getattr(args, name) < 1:
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"{flag}={getattr(args, name)} is invalid; use a positive size")
     return args
 
 
@@ -94,7 +111,7 @@ def blas_libraries():
 
 
 def limit_blas_threads(n_threads):
-    """Limit numpy's BLAS to ``n_threads``; return the limiter, or None without threadpoolctl."""
+    """Limit numpy's BLAS to ``n_threads``; return the limiter (None without threadpoolctl)."""
     try:
         import threadpoolctl
     except ImportError:
@@ -112,6 +129,10 @@ def machine_lines():
         f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}",
         f"torch threads: intra-op {torch.get_num_threads()}, "
         f"inter-op {torch.get_num_interop_threads()}",
+        # With torch 2.13, oneDNN runs float32 LSTMs when this is on. Turning it off
+        # made torch's float32 time on the standard case about 2.5 times longer.
+        f"torch oneDNN (mkldnn): available {torch.backends.mkldnn.is_available()}, "
+        f"enabled {torch.backends.mkldnn.enabled}",
     ]
 
     libraries = blas_libraries()
@@ -189,23 +210,31 @@ def make_case(args, dtype_name):
     return {"run_torch": run_torch, "run_reference": run_reference, "agreement": agreement}
 
 
-def time_interleaved(runs, repeats, pause):
+def time_interleaved(runs, repeats, pause, warmup):
     """Time each callable ``repeats`` times, alternating between them.
 
-    The order flips every round so that neither implementation always runs
-    right after the other.  Returns a dict of name to list of seconds.
+    Before each timed run the script sleeps ``pause`` seconds and then makes
+    ``warmup`` untimed runs of the same callable.  The pause lets the other
+    library's idle worker threads stop spinning, and the untimed runs wake
+    this library's threads and caches, so each timed run is a steady-state run.
+    The order flips every round, so neither implementation always goes first.
+
+    Returns
+    -------
+    dict of str to list of float
+        Seconds of every timed run, per name.
     """
     names = list(runs)
     times = {name: [] for name in names}
-
-    for name in names:
-        runs[name]()
 
     for round_index in range(repeats):
         order = names if round_index % 2 == 0 else names[::-1]
         for name in order:
             gc.collect()
             time.sleep(pause)
+            for _ in range(warmup):
+                runs[name]()
+
             start = time.perf_counter()
             runs[name]()
             times[name].append(time.perf_counter() - start)
@@ -214,13 +243,12 @@ def time_interleaved(runs, repeats, pause):
 
 def table_row(dtype_name, times):
     """Format one Markdown row: medians with min-max spread, ratio, target, verdict."""
-    ref = statistics.median(times["reference"])
-    tor = statistics.median(times["torch"])
-    ratio = ref / tor
+    ratio = statistics.median(times["reference"]) / statistics.median(times["torch"])
     target = TARGET_RATIOS[dtype_name]
 
-    def cell(values):
-        return f"{statistics.median(values) * 1e3:.1f} ({min(values) * 1e3:.1f}-{max(values) * 1e3:.1f})"
+    def cell(seconds):
+        ms = [1e3 * value for value in seconds]
+        return f"{statistics.median(ms):.1f} ({min(ms):.1f}-{max(ms):.1f})"
 
     verdict = "yes" if ratio <= target else "no"
     return (
@@ -239,7 +267,8 @@ def main(argv=None):
     print(
         f"case: n_ex={args.n_ex}, n_t={args.n_t}, n_in={args.n_in}, H={args.hidden}, "
         f"forward + backward (gradients of x and all weights), "
-        f"{args.repeats} interleaved runs each, {args.pause} s pause before each run"
+        f"{args.repeats} interleaved timed runs each, each after a {args.pause} s pause "
+        f"and {args.warmup} untimed run(s)"
     )
     if limiter is None:
         print(f"numpy BLAS threads: not controlled, so --blas-threads={blas_threads} is ignored")
@@ -251,7 +280,8 @@ def main(argv=None):
         case = make_case(args, dtype_name)
         print(f"{dtype_name}: max |reference - torch| over y and dx = {case['agreement']:.2e}")
         runs = {"reference": case["run_reference"], "torch": case["run_torch"]}
-        rows.append(table_row(dtype_name, time_interleaved(runs, args.repeats, args.pause)))
+        times = time_interleaved(runs, args.repeats, args.pause, args.warmup)
+        rows.append(table_row(dtype_name, times))
 
     print()
     print("| dtype | reference ms, median (min-max) | torch ms, median (min-max) "

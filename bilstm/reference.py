@@ -222,6 +222,18 @@ def _halve_sigmoid_columns(w, hidden_size):
     return halved
 
 
+def _activate_inplace(z, hidden_size):
+    """Turn pre-activations into gates; the i, f, o columns must already be halved.
+
+    With z / 2 in the sigmoid columns, sigma(z) = (1 + tanh(z / 2)) / 2 and
+    g = tanh(z) share one tanh call.
+    """
+    np.tanh(z, out=z)
+    sigmoid_gates = z[..., :3 * hidden_size]
+    sigmoid_gates *= 0.5
+    sigmoid_gates += 0.5
+
+
 def _recur(x_run, weights, h0, c0, time):
     """Run both directions' recurrences together; return the arrays backward needs."""
     _, n_t, n_ex, n_in = x_run.shape
@@ -268,18 +280,6 @@ def _recur(x_run, weights, h0, c0, time):
             np.copyto(h[:, s + 1], h[:, s], where=padded)
 
     return gates, tanh_c, c, h
-
-
-def _activate_inplace(z, hidden_size):
-    """Turn pre-activations into gates; the i, f, o columns must already be halved.
-
-    With z / 2 in the sigmoid columns, sigma(z) = (1 + tanh(z / 2)) / 2 and
-    g = tanh(z) share one tanh call.
-    """
-    np.tanh(z, out=z)
-    sigmoid_gates = z[..., :3 * hidden_size]
-    sigmoid_gates *= 0.5
-    sigmoid_gates += 0.5
 
 
 def forward(x, params, *, merge_mode="concat", lengths=None, h0=None, c0=None):
@@ -426,14 +426,16 @@ def _backprop_through_time(cache, dh_run, dh_n, dc_n):
     dz = np.empty_like(gates)
     scratch = _StepScratch(dh_n.shape, dh_n.dtype)
 
-    # Each state gradient alternates between two buffers: the step reads one
-    # and writes the other, so the loop allocates nothing.
+    # Each state gradient alternates between two buffers. A step reads one and
+    # writes the other, so the loop allocates nothing.
     dh, dh_prev = dh_n.copy(), np.empty_like(dh_n)
     dc, dc_prev = dc_n.copy(), np.empty_like(dc_n)
 
     for s in reversed(range(n_t)):
         dh_s = np.add(dh, dh_run[:, s], out=scratch.dh)
-        dc_s = _step_gate_gradients(gates[:, s], tanh_c[:, s], c[:, s], dh_s, dc, dz[:, s], scratch)
+        dc_s = _step_gate_gradients(
+            gates[:, s], tanh_c[:, s], c[:, s], dh_s, dc, dz[:, s], scratch,
+        )
 
         np.matmul(dz[:, s], w_hh_t, out=dh_prev)
         f = gates[:, s, :, hidden_size:2 * hidden_size]
