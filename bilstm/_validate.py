@@ -2,7 +2,7 @@
 
 Every check runs before any computation, and every failure raises a
 :class:`~bilstm.errors.BiLSTMError` whose message names the argument, shows
-the value or shape seen, states the rule and says how to fix the call.
+the value or shape seen, states the rule and gives the fix.
 """
 
 from collections.abc import Mapping

@@ -4,7 +4,7 @@ Every error raised for bad input derives from :class:`BiLSTMError`, so callers
 can catch the whole family at once, and also from the matching built-in
 (``ValueError`` or ``TypeError``), so code written against numpy conventions
 keeps working.  Each message names the argument, shows the value or shape
-seen, states the rule and says how to fix the call.
+seen, states the rule and gives the fix.
 """
 
 

@@ -134,7 +134,7 @@ def load_case(path):
     ------
     CaseFileError
         When the file is missing, not a zip archive, truncated, corrupt,
-        oversized, holds unexpected members or pickled objects, or its
+        oversized, contains unexpected members or pickled objects, or its
         metadata does not describe a case.
     """
     path = Path(path)

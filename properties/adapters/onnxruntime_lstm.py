@@ -21,7 +21,7 @@ Lengths go to ``sequence_lens``.  onnxruntime accepts a length of 0, so
 states where the reference returns the initial states (see
 :attr:`OnnxRuntimeImplementation.known_failures`).
 
-ONNX has no merge mode.  ``Y`` holds both directions on an axis of its own,
+ONNX has no merge mode.  ``Y`` contains both directions on an axis of its own,
 and this adapter composes every merge mode from it with numpy: the sum,
 average or product of the two halves, both halves stacked for ``None``, and
 the halves concatenated, forward first, for ``"concat"``.
