@@ -60,7 +60,7 @@ def output_width(merge_mode, hidden_size):
     return 2 * hidden_size if merge_mode == "concat" else hidden_size
 
 
-def merge(h_fwd, h_bwd, merge_mode):
+def merge(h_fwd, h_bwd, merge_mode, out=None):
     """Merge the two directions' hidden states.
 
     Parameters
@@ -69,22 +69,37 @@ def merge(h_fwd, h_bwd, merge_mode):
         Hidden states of the forward and backward direction.
     merge_mode : str or None
         A canonical merge mode.
+    out : ndarray, optional
+        Array of the result's shape to write into, for example a transposed
+        view of the caller's output, which saves a copy.
 
     Returns
     -------
     ndarray
         Shape (..., 2H) for ``"concat"`` (forward half first), (2, ..., H)
-        for ``None``, and (..., H) for the element-wise modes.
+        for ``None``, and (..., H) for the element-wise modes; ``out`` if
+        given.
     """
+    if out is None:
+        width = output_width(merge_mode, h_fwd.shape[-1])
+        shape = (2, *h_fwd.shape) if merge_mode is None else (*h_fwd.shape[:-1], width)
+        out = np.empty(shape, dtype=np.result_type(h_fwd, h_bwd))
+
     if merge_mode == "concat":
-        return np.concatenate([h_fwd, h_bwd], axis=-1)
-    if merge_mode == "sum":
-        return h_fwd + h_bwd
-    if merge_mode == "average":
-        return (h_fwd + h_bwd) * 0.5
-    if merge_mode == "multiply":
-        return h_fwd * h_bwd
-    return np.stack([h_fwd, h_bwd])
+        hidden_size = h_fwd.shape[-1]
+        out[..., :hidden_size] = h_fwd
+        out[..., hidden_size:] = h_bwd
+    elif merge_mode == "sum":
+        np.add(h_fwd, h_bwd, out=out)
+    elif merge_mode == "average":
+        np.add(h_fwd, h_bwd, out=out)
+        out *= 0.5
+    elif merge_mode == "multiply":
+        np.multiply(h_fwd, h_bwd, out=out)
+    else:
+        out[0] = h_fwd
+        out[1] = h_bwd
+    return out
 
 
 def merge_vjp(dy, h_fwd, h_bwd, merge_mode):

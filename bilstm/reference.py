@@ -61,13 +61,23 @@ empty time axis and final states equal to the initial states.
 
 Implementation
 --------------
-The input projections of all steps and both directions take one batched
-matrix product.  The backward direction runs on a copy of the input in which
-each example's valid steps are reversed, so both directions advance together
-in one recurrent loop.  The weight columns of the sigmoid gates are halved
-once before the loop, so one tanh call per step activates all four gates.
-Both loops write into arrays allocated before them.  The weight gradients
-take one product each after the backward loop.
+Both directions advance together in one recurrent loop: the backward
+direction runs on a copy of the input in which each example's valid steps
+are reversed.  Per-step arrays are laid out with the hidden units before the
+examples, ``(2, 4H, n_ex)`` for the gates, so each gate block of a step is
+one contiguous piece of memory.  Each step's input, a constant 1 and the
+previous hidden state sit in one column of a stored array.  So a single
+matrix product gives a step's pre-activations, bias included.  The weight
+rows of the sigmoid gates are halved once before the loop, so one tanh call
+activates all four gates.
+
+Backward splits the steps into chunks.  For each chunk it first forms every
+factor of the pre-activation gradient that does not depend on the upstream
+gradient, in a few large array operations.  The recurrent loop is then left
+with five small products per step.  Each chunk's pre-activation gradients
+take one product for all parameter gradients and one for the input
+gradient.  The stored arrays, and backward's work arrays, are each carved
+from one allocation.
 """
 
 from dataclasses import dataclass, field
@@ -132,16 +142,23 @@ class Gradients:
 
 @dataclass(frozen=True)
 class _Cache:
-    """Read-only arrays that :func:`backward` needs, all in run order."""
+    """Read-only arrays that :func:`backward` needs, all in run order.
+
+    Per-step arrays keep the hidden units before the examples, so each gate
+    block of one step is contiguous (see the module's Implementation notes).
+    """
 
     time: "_TimeIndex"
-    x_run: np.ndarray       # (2, n_t, n_ex, n_in), backward direction reversed
-    w_ih: np.ndarray        # (2, n_in, 4H), internal gate order
-    w_hh: np.ndarray        # (2, H, 4H), internal gate order
-    gates: np.ndarray       # (2, n_t, n_ex, 4H) activated gates i, f, o, g
-    tanh_c: np.ndarray      # (2, n_t, n_ex, H)
-    c: np.ndarray           # (2, n_t + 1, n_ex, H), c[:, 0] is c0
-    h: np.ndarray           # (2, n_t + 1, n_ex, H), h[:, 0] is h0
+    n_in: int
+    xh: np.ndarray          # (2, n_in + 1 + H, n_t + 1, n_ex): column t is x_t, 1, h_{t-1}
+    c: np.ndarray           # (2, n_t + 1, H, n_ex): c[:, 0] is c0
+    gates: np.ndarray       # (2, n_t, 4H, n_ex): activated gates, internal order o, i, f, g
+    w_step: np.ndarray      # (2, 4H, n_in + 1 + H): W_ih, b and W_hh, transposed
+
+    @property
+    def hs(self):
+        """Hidden states (2, H, n_t + 1, n_ex), a view of ``xh``; ``hs[:, :, 0]`` is h0."""
+        return self.xh[:, self.n_in + 1:]
 
 
 class _TimeIndex:
@@ -167,119 +184,221 @@ class _TimeIndex:
             return None
         return self.valid.T[:, None, :]
 
-    def reverse(self, a):
-        """Reverse each example's valid steps of a time-major array (n_t, n_ex, ...).
+    def reverse(self, a, axis=0):
+        """Reverse each example's valid steps; padded steps stay in place.
 
-        Padded steps stay in place.  The map is its own inverse, so it takes
-        original time to run order and back.
+        ``a`` has its time axis at ``axis`` and its example axis right after
+        it.  The map is its own inverse, so it takes original time to run
+        order and back.  Returns a view when there are no lengths.
         """
+        leading = (slice(None),) * (axis % a.ndim)
         if self.reverse_index is None:
-            return a[::-1]
-        return a[self.reverse_index, self.batch_index]
+            return a[leading + (slice(None, None, -1),)]
+        return a[leading + (self.reverse_index, self.batch_index)]
 
-    def zero_padding(self, a):
-        """Return a time-major array with every padded step set to 0."""
-        if self.valid is None:
-            return a
-        return np.where(self.valid[..., None], a, 0)
+    def padded_mask(self, s):
+        """Return the padded examples of step ``s`` as (1, 1, n_ex), for (2, k, n_ex) arrays."""
+        return ~self.valid[s][None, None, :]
 
 
-# Internal gate order i, f, o, g puts the three sigmoid gates side by side, so
-# one slice covers them. Swapping the last two blocks is its own inverse.
+# Internal gate order o, i, f, g.  The three sigmoid gates o, i, f are side by
+# side, so one slice activates them.  The gradients of i, f and g scale with
+# the cell-state gradient, and these three are side by side too, so one
+# broadcast product gives their share of dz.
+_INTERNAL_BLOCKS = [3, 0, 1, 2]
+"""User gate block (order i, f, g, o) at each internal block position."""
+
+
 def _gate_permutation(hidden_size):
+    """Return the index that takes user gate order to internal order along a 4H axis."""
     blocks = np.arange(4 * hidden_size).reshape(4, hidden_size)
-    return blocks[[0, 1, 3, 2]].ravel()
+    return blocks[_INTERNAL_BLOCKS].ravel()
 
 
-def _stack_weights(arrays, hidden_size):
-    """Stack both directions' weights as (2, ...) in internal gate order."""
+def _step_weights(arrays, n_in, hidden_size, dtype):
+    """Return each direction's step weights, shape (2, 4H, n_in + 1 + H), internal gate order.
+
+    Columns are ``W_ih`` transposed, then the bias, then ``W_hh`` transposed,
+    so a step's pre-activations are one product with the column
+    ``[x_t, 1, h_{t-1}]`` of :class:`_Cache`'s ``xh``, and all parameter
+    gradients come out of one product too.
+    """
     perm = _gate_permutation(hidden_size)
-    stacked = {}
-    for stem in ("W_ih", "W_hh", "b"):
-        pair = [arrays[f"{stem}_{d}"] for d in DIRECTIONS]
-        stacked[stem] = np.stack(pair)[..., perm]
-    return stacked
+    w_step = np.empty((2, 4 * hidden_size, n_in + 1 + hidden_size), dtype=dtype)
+    for k, direction in enumerate(DIRECTIONS):
+        w_step[k, :, :n_in] = arrays[f"W_ih_{direction}"][:, perm].T
+        w_step[k, :, n_in] = arrays[f"b_{direction}"][perm]
+        w_step[k, :, n_in + 1:] = arrays[f"W_hh_{direction}"][:, perm].T
+    return w_step
+
+
+def _step_inputs(x, time, xh, h0):
+    """Fill the input rows and column 0's hidden rows of ``xh`` (see :class:`_Cache`).
+
+    Index 0 is the forward direction, index 1 the backward direction, whose
+    valid steps are reversed per example.  Padded steps of ``x`` are 0, so
+    NaN or inf there never enters a product.  The recurrence writes the
+    remaining hidden rows.
+    """
+    n_ex, n_in, n_t = x.shape
+    x_rows = xh[:, :n_in, :n_t]
+    x_rows[0] = x.transpose(1, 2, 0)
+    if time.valid is not None:
+        np.copyto(x_rows[0], 0, where=~time.valid[None])
+    x_rows[1] = time.reverse(x_rows[0], axis=1)
+
+    xh[:, n_in, :n_t] = 1
+    # Column n_t contains only the final hidden states.  Its input rows are
+    # never read, and are zeroed so that no uninitialized memory is kept.
+    xh[:, :n_in + 1, n_t] = 0
+    xh[:, n_in + 1:, 0] = h0.transpose(0, 2, 1)
 
 
 def _gate_views(a, hidden_size):
-    """Return views of the internal gate blocks i, f, o, g along the last axis of ``a``."""
+    """Return views of the internal gate blocks o, i, f, g along axis -2 of ``a``."""
     h = hidden_size
-    return a[..., :h], a[..., h:2 * h], a[..., 2 * h:3 * h], a[..., 3 * h:]
+    return a[..., :h, :], a[..., h:2 * h, :], a[..., 2 * h:3 * h, :], a[..., 3 * h:, :]
 
 
-def _halve_sigmoid_columns(w, hidden_size):
-    """Return a copy of stacked weights or biases with the i, f, o columns halved.
+def _halve_sigmoid_rows(w, hidden_size):
+    """Return a copy of step weights (2, 4H, k) with the o, i, f rows halved.
 
     The sigmoid gates need tanh(z / 2).  Halving is exact in binary floating
-    point unless it underflows to a subnormal number.  So products and sums
-    with the halved columns are exactly half of the unscaled ones, and one
-    tanh call serves all four gates without a separate scaling pass.
+    point unless it underflows to a subnormal number.  So products with the
+    halved rows are exactly half of the unscaled ones, and one tanh call
+    serves all four gates without a separate scaling pass.
     """
-    # The copy keeps the memory layout of ``w``, so that BLAS runs the same
-    # kernel as on the unscaled weights and every result keeps its last bit.
-    halved = w.copy(order="K")
-    halved[..., :3 * hidden_size] *= 0.5
+    halved = w.copy()
+    halved[:, :3 * hidden_size] *= 0.5
     return halved
 
 
 def _activate_inplace(z, hidden_size):
-    """Turn pre-activations into gates; the i, f, o columns must already be halved.
+    """Turn pre-activations (2, 4H, n_ex) into gates; the o, i, f rows must be halved.
 
-    With z / 2 in the sigmoid columns, sigma(z) = (1 + tanh(z / 2)) / 2 and
+    With z / 2 in the sigmoid rows, sigma(z) = (1 + tanh(z / 2)) / 2 and
     g = tanh(z) share one tanh call.
     """
     np.tanh(z, out=z)
-    sigmoid_gates = z[..., :3 * hidden_size]
+    sigmoid_gates = z[:, :3 * hidden_size]
     sigmoid_gates *= 0.5
     sigmoid_gates += 0.5
 
 
-def _recur(x_run, weights, h0, c0, time):
-    """Run both directions' recurrences together; return the arrays backward needs."""
-    _, n_t, n_ex, n_in = x_run.shape
-    hidden_size = h0.shape[-1]
-    w_ih = _halve_sigmoid_columns(weights["W_ih"], hidden_size)
-    w_hh = _halve_sigmoid_columns(weights["W_hh"], hidden_size)
-    b = _halve_sigmoid_columns(weights["b"], hidden_size)
+def _allocate(dtype, *shapes):
+    """Return one new, uninitialized array per shape, carved from a single allocation.
 
-    # The input projections go straight into the gates array, and each step
-    # adds its recurrent term and activates in place. This saves a second
-    # (2, n_t, n_ex, 4H) array and the page faults of filling it.
-    gates = np.matmul(x_run.reshape(2, n_t * n_ex, n_in), w_ih)
-    gates = gates.reshape(2, n_t, n_ex, 4 * hidden_size)
-    gates += b[:, None, None, :]
+    Several arrays of a few MB each cost one page fault per 4 KiB page on
+    first touch.  One block of their total size lets numpy ask the kernel
+    for transparent huge pages (it does so from 4 MiB), and lets the C
+    allocator reuse the block from one call to the next.  The block is freed
+    when the last view of it dies.
+    """
+    sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+    block = np.empty(sum(sizes), dtype=dtype)
 
-    tanh_c = np.empty((2, n_t, n_ex, hidden_size), dtype=x_run.dtype)
-    c = np.empty((2, n_t + 1, n_ex, hidden_size), dtype=x_run.dtype)
-    h = np.empty_like(c)
-    c[:, 0] = c0
-    h[:, 0] = h0
+    arrays, offset = [], 0
+    for shape, size in zip(shapes, sizes):
+        arrays.append(block[offset:offset + size].reshape(shape))
+        offset += size
+    return arrays
+
+
+def _view(a, shape):
+    """Reshape ``a`` to ``shape`` without copying; raise if a copy would be needed.
+
+    Results are written into these views, so a silent copy would lose them.
+    """
+    view = a.reshape(shape)
+    if view.size and not np.may_share_memory(view, a):
+        raise RuntimeError(
+            f"internal error: an array of shape {a.shape} and strides {a.strides} "
+            f"cannot take shape {shape} without a copy"
+        )
+    return view
+
+
+def _flatten_steps(a):
+    """View a (2, rows, k, n_ex) array as (2, rows, k * n_ex), the layout of one product."""
+    return _view(a, (*a.shape[:2], a.shape[2] * a.shape[3]))
+
+
+def _recur(xh, w_step, c0, time, c, gates):
+    """Run both directions' recurrences together.
+
+    Writes ``h_t`` into column t + 1 of ``xh``'s hidden rows, and fills
+    ``c`` and ``gates``, laid out as in :class:`_Cache`.
+    """
+    n_t = gates.shape[1]
+    hidden_size = c.shape[2]
+    n_in = xh.shape[1] - 1 - hidden_size
+    w_step = _halve_sigmoid_rows(w_step, hidden_size)
+    hs = xh[:, n_in + 1:]
+    c[:, 0] = c0.transpose(0, 2, 1)
 
     # Scratch reused by every step, so the loop allocates nothing.
-    recurrent = np.empty((2, n_ex, 4 * hidden_size), dtype=x_run.dtype)
-    i_times_g = np.empty((2, n_ex, hidden_size), dtype=x_run.dtype)
+    i_times_g = np.empty(c.shape[:1] + c.shape[2:], dtype=c.dtype)
+    tanh_c = np.empty_like(i_times_g)
 
     for s in range(n_t):
+        # One product gives the input projection, the bias and the
+        # recurrent term together, straight into the stored gates.
         z = gates[:, s]
-        np.matmul(h[:, s], w_hh, out=recurrent)
-        z += recurrent
+        np.matmul(w_step, xh[:, :, s], out=z)
         _activate_inplace(z, hidden_size)
-        i, f, o, g = _gate_views(z, hidden_size)
+        o, i, f, g = _gate_views(z, hidden_size)
 
         np.multiply(f, c[:, s], out=c[:, s + 1])
         np.multiply(i, g, out=i_times_g)
         c[:, s + 1] += i_times_g
-        np.tanh(c[:, s + 1], out=tanh_c[:, s])
-        np.multiply(o, tanh_c[:, s], out=h[:, s + 1])
+        np.tanh(c[:, s + 1], out=tanh_c)
+        np.multiply(o, tanh_c, out=hs[:, :, s + 1])
 
         # A padded step carries the state through unchanged, which puts the
         # final state at the last valid step.
         if time.padded_steps[s]:
-            padded = ~time.valid[s][None, :, None]
+            padded = time.padded_mask(s)
             np.copyto(c[:, s + 1], c[:, s], where=padded)
-            np.copyto(h[:, s + 1], h[:, s], where=padded)
+            np.copyto(hs[:, :, s + 1], hs[:, :, s], where=padded)
 
-    return gates, tanh_c, c, h
+
+def _merged_output(hs, merge_mode, time):
+    """Merge both directions' hidden states into ``y``, with padded steps 0.
+
+    Parameters
+    ----------
+    hs : ndarray, shape (2, H, n_t + 1, n_ex)
+        Hidden states in run order, column 0 being the initial states.
+
+    Notes
+    -----
+    The merge goes through a scratch array with the output's axes in the
+    order (features, n_ex, n_t).  Filling it transposes one small (n_t, n_ex)
+    matrix per feature, and moving its rows into ``y`` is a plain copy.
+    Writing ``y`` straight from ``hs`` reads with a large stride, and was
+    about twice as slow.
+    """
+    _, hidden_size, n_t_1, n_ex = hs.shape
+    n_t = n_t_1 - 1
+    h_fwd = hs[0, :, 1:].transpose(0, 2, 1)                             # (H, n_ex, n_t)
+    h_bwd = time.reverse(hs[1, :, 1:], axis=1).transpose(0, 2, 1)
+
+    y = np.empty(output_shape(n_ex, hidden_size, n_t, merge_mode), dtype=hs.dtype)
+    merged = np.empty(np.moveaxis(y, -3, -2).shape, dtype=hs.dtype)     # (..., width, n_ex, n_t)
+    if merge_mode is None:
+        merged[0] = h_fwd
+        merged[1] = h_bwd
+    elif merge_mode == "concat":
+        merged[:hidden_size] = h_fwd
+        merged[hidden_size:] = h_bwd
+    else:
+        merge(h_fwd, h_bwd, merge_mode, out=merged)
+    y[...] = np.moveaxis(merged, -2, -3)
+
+    valid = time.valid_in_output_layout()
+    if valid is not None:
+        np.copyto(y, 0, where=~valid)
+    return y
 
 
 def forward(x, params, *, merge_mode="concat", lengths=None, h0=None, c0=None):
@@ -318,174 +437,258 @@ def forward(x, params, *, merge_mode="concat", lengths=None, h0=None, c0=None):
     time = _TimeIndex(n_t, n_ex, lengths)
     check_finite("x", x, time.valid_in_output_layout())
 
-    x_time_major = time.zero_padding(x.transpose(2, 0, 1))
-    x_run = np.stack([x_time_major, time.reverse(x_time_major)])
-    weights = _stack_weights(arrays, hidden_size)
-    gates, tanh_c, c, h = _recur(x_run, weights, h0, c0, time)
+    xh, c, gates = _allocate(
+        x.dtype,
+        (2, n_in + 1 + hidden_size, n_t + 1, n_ex),
+        (2, n_t + 1, hidden_size, n_ex),
+        (2, n_t, 4 * hidden_size, n_ex),
+    )
+    _step_inputs(x, time, xh, h0)
+    w_step = _step_weights(arrays, n_in, hidden_size, x.dtype)
+    _recur(xh, w_step, c0, time, c, gates)
 
-    h_valid = time.zero_padding(h[:, 1:])
-    y_time_major = merge(h_valid[0], time.reverse(h_valid[1]), merge_mode)
-    y = np.ascontiguousarray(np.moveaxis(y_time_major, -3, -1))
-
-    cache = _Cache(time, x_run, weights["W_ih"], weights["W_hh"], gates, tanh_c, c, h)
-    for array in (x_run, weights["W_ih"], weights["W_hh"], gates, tanh_c, c, h):
+    cache = _Cache(time, n_in, xh, c, gates, w_step)
+    y = _merged_output(cache.hs, merge_mode, time)
+    for array in (xh, c, gates, w_step):
         array.setflags(write=False)
-    return Forward(y, h[:, n_t].copy(), c[:, n_t].copy(), merge_mode, lengths, cache)
+    h_n = cache.hs[:, :, n_t].transpose(0, 2, 1).copy()
+    c_n = c[:, n_t].transpose(0, 2, 1).copy()
+    return Forward(y, h_n, c_n, merge_mode, lengths, cache)
 
 
-def _upstream_hidden(result, dy):
-    """Turn ``dy`` into the gradient of each direction's hidden states, in run order."""
+def _upstream_hidden(result, dy, dh_run):
+    """Write the gradient of each direction's hidden states into ``dh_run``.
+
+    ``dh_run`` has shape (2, n_t, H, n_ex); it gets the gradients in run
+    order, with padded steps 0.
+    """
     cache = result.cache
     time = cache.time
-    h_valid = time.zero_padding(cache.h[:, 1:])
-    h_bwd = time.reverse(h_valid[1])
+    hs = cache.hs
 
-    dy_time_major = np.moveaxis(dy, -1, -3)
-    dh_fwd, dh_bwd = merge_vjp(dy_time_major, h_valid[0], h_bwd, result.merge_mode)
-    dh_run = np.stack([dh_fwd, time.reverse(dh_bwd)])
+    # As in _merged_output, the transpose goes through a (..., width, n_ex,
+    # n_t) copy of dy.  merge_vjp splits along the last axis, so it gets
+    # views of everything as (..., n_ex, n_t, features).
+    dy_rows = np.ascontiguousarray(np.moveaxis(dy, -2, -3))
+    dy_view = np.moveaxis(dy_rows, -3, -1)
+    h_fwd = hs[0, :, 1:].transpose(2, 1, 0)
+    h_bwd = time.reverse(hs[1, :, 1:], axis=1).transpose(2, 1, 0)
+    dh_fwd, dh_bwd = merge_vjp(dy_view, h_fwd, h_bwd, result.merge_mode)
+
+    dh_run[0] = dh_fwd.transpose(1, 2, 0)
+    dh_run[1] = time.reverse(dh_bwd.transpose(1, 0, 2)).transpose(0, 2, 1)
 
     # Gradients at padded steps are ignored, even NaN ones.
     if time.valid is not None:
-        dh_run = np.where(time.valid[None, ..., None], dh_run, 0)
-    return dh_run
+        np.copyto(dh_run, 0, where=~time.valid[None, :, None, :])
 
 
-class _StepScratch:
-    """Work arrays of one backward step, allocated once and reused by every step."""
-
-    def __init__(self, state_shape, dtype):
-        n_directions, n_ex, hidden_size = state_shape
-        self.dh = np.empty(state_shape, dtype=dtype)
-        self.dc = np.empty(state_shape, dtype=dtype)
-        self.hidden = np.empty(state_shape, dtype=dtype)
-        self.gates = np.empty((n_directions, n_ex, 4 * hidden_size), dtype=dtype)
+_CHUNK_BYTES = 1 << 21
+"""Target size of one chunk of gate gradients for both directions, in bytes."""
 
 
-def _step_gate_gradients(gates, tanh_c, c_prev, dh, dc, dz, scratch):
-    """Write one step's dz and return the gradient of that step's cell state.
-
-    Parameters
-    ----------
-    gates : ndarray, shape (2, n_ex, 4H)
-        The step's activated gates, internal order i, f, o, g.
-    tanh_c, c_prev : ndarray, shape (2, n_ex, H)
-        tanh of the step's cell state, and the cell state before the step.
-    dh, dc : ndarray, shape (2, n_ex, H)
-        Total gradients reaching the step's hidden and cell states.
-    dz : ndarray, shape (2, n_ex, 4H)
-        Output: gradient of the step's pre-activations.
-    scratch : _StepScratch
+def _chunks(n_t, n_ex, gate_width, itemsize):
+    """Split the steps into chunks of about ``_CHUNK_BYTES`` of gate gradients.
 
     Returns
     -------
-    ndarray, shape (2, n_ex, H)
-        Gradient of the step's cell state, ``scratch.dc``.
+    list of (start, stop)
+        Consecutive step ranges covering ``range(n_t)``, in increasing order.
     """
-    hidden_size = tanh_c.shape[-1]
-    i, _, o, g = _gate_views(gates, hidden_size)
-    dz_i, dz_f, dz_o, dz_g = _gate_views(dz, hidden_size)
-    dc_s = scratch.dc
-    tanh_c_grad = scratch.hidden
-
-    np.multiply(dh, tanh_c, out=dz_o)
-
-    # dc_s = dc + dh o (1 - tanh(c)^2), grouped as in the formula so every
-    # value keeps the rounding of the plain expression.
-    np.square(tanh_c, out=tanh_c_grad)
-    np.subtract(1, tanh_c_grad, out=tanh_c_grad)
-    np.multiply(dh, o, out=dc_s)
-    dc_s *= tanh_c_grad
-    dc_s += dc
-
-    np.multiply(dc_s, g, out=dz_i)
-    np.multiply(dc_s, c_prev, out=dz_f)
-    np.multiply(dc_s, i, out=dz_g)
-
-    # Chain through the activations: sigmoid' = s (1 - s), tanh' = 1 - g^2.
-    # s (1 - s) is formed over all four blocks and the g block then
-    # overwritten, because whole rows are contiguous and cheaper per call than
-    # the strided three-block slice.
-    activation_grad = scratch.gates
-    np.subtract(1, gates, out=activation_grad)
-    np.multiply(gates, activation_grad, out=activation_grad)
-    g_grad = activation_grad[..., 3 * hidden_size:]
-    np.multiply(g, g, out=g_grad)
-    np.subtract(1, g_grad, out=g_grad)
-    dz *= activation_grad
-    return dc_s
+    step_bytes = 2 * n_ex * gate_width * itemsize
+    size = max(1, _CHUNK_BYTES // max(step_bytes, 1))
+    return [(start, min(start + size, n_t)) for start in range(0, n_t, size)]
 
 
-def _backprop_through_time(cache, dh_run, dh_n, dc_n):
-    """Run the recurrence backward; return dz per step and the initial-state gradients."""
+class _Coefficients:
+    """The factors of dz that do not depend on the upstream gradient, for one chunk.
+
+    With ``tc = tanh(c_t)``, the backward step is
+
+    .. math::
+
+        dc_t &= dc_{t+1} \\odot f_{t+1} + dh_t \\odot B, \\quad
+        B = o \\odot (1 - tc^2) \\\\
+        dz^o &= dh_t \\odot A^o, \\quad A^o = tc \\odot o (1 - o) \\\\
+        dz^i &= dc_t \\odot A^i, \\quad A^i = g \\odot i (1 - i) \\\\
+        dz^f &= dc_t \\odot A^f, \\quad A^f = c_{t-1} \\odot f (1 - f) \\\\
+        dz^g &= dc_t \\odot A^g, \\quad A^g = i \\odot (1 - g^2)
+
+    The A and B factors depend only on the forward pass, so they are formed
+    for a whole chunk of steps in a few large array operations, and the
+    recurrent loop is left with a handful of small ones per step.
+
+    Attributes
+    ----------
+    a_o, b : ndarray, shape (2, k, H, n_ex)
+    a_ifg : ndarray, shape (2, k, 3, H, n_ex)
+        A^i, A^f and A^g, in the order of dz's i, f and g blocks.
+    """
+
+    def __init__(self, buffers, hidden_size):
+        self._factors, self._sigmoid_grad, self._tanh_c = buffers
+        self.hidden_size = hidden_size
+
+    def fill(self, cache, start, stop):
+        """Form the factors of steps ``start`` to ``stop - 1``; return self."""
+        h = self.hidden_size
+        k = stop - start
+        factors = self._factors[:, :k]
+        gates = cache.gates[:, start:stop]
+        o, i, f, g = _gate_views(gates, h)
+        a_o, a_i, a_f, a_g, b = _gate_views_5(factors, h)
+
+        # tanh(c) is recomputed rather than stored, which saves forward a
+        # (2, n_t, H, n_ex) array.  The same call on the same values gives
+        # the same bits as in forward.
+        tanh_c = np.tanh(cache.c[:, start + 1:stop + 1], out=self._tanh_c[:, :k])
+
+        # sigmoid' = s (1 - s), formed over the three sigmoid blocks at once.
+        sigmoid_gates = gates[:, :, :3 * h]
+        sigmoid_grad = np.subtract(1, sigmoid_gates, out=self._sigmoid_grad[:, :k])
+        sigmoid_grad *= sigmoid_gates
+        o_grad, i_grad, f_grad = _gate_views(sigmoid_grad, h)[:3]
+
+        np.multiply(tanh_c, o_grad, out=a_o)
+        np.multiply(g, i_grad, out=a_i)
+        np.multiply(cache.c[:, start:stop], f_grad, out=a_f)
+
+        # tanh' = 1 - g^2
+        np.multiply(g, g, out=a_g)
+        np.subtract(1, a_g, out=a_g)
+        a_g *= i
+
+        np.multiply(tanh_c, tanh_c, out=b)
+        np.subtract(1, b, out=b)
+        b *= o
+
+        self.a_o, self.b = a_o, b
+        self.a_ifg = _view(factors[:, :, h:4 * h], (2, k, 3, h, factors.shape[-1]))
+        return self
+
+
+def _gate_views_5(a, hidden_size):
+    """Return the five H-row blocks of a (..., 5H, n_ex) array: A^o, A^i, A^f, A^g, B."""
+    h = hidden_size
+    return tuple(a[..., j * h:(j + 1) * h, :] for j in range(5))
+
+
+class _ChunkProducts:
+    """Turn each chunk of dz into its share of the weight and input gradients.
+
+    dz is kept one chunk at a time, so the products read it while it is
+    still in cache, and backward never allocates a (2, 4H, n_t, n_ex) array.
+    """
+
+    def __init__(self, cache, dxs):
+        self.cache = cache
+        n_in = cache.n_in
+        self.w_ih = np.ascontiguousarray(cache.w_step[:, :, :n_in].transpose(0, 2, 1))
+        self.dw_step = np.zeros_like(cache.w_step)
+        self._dw_part = np.empty_like(self.dw_step)
+        self.dxs = dxs
+
+    def add(self, start, stop, dz_chunk):
+        """Add the products of dz (2, 4H, stop - start, n_ex) for steps start to stop - 1."""
+        dz_flat = _flatten_steps(dz_chunk)
+        np.matmul(self.w_ih, dz_flat, out=_flatten_steps(self.dxs[:, :, start:stop]))
+
+        inputs = _flatten_steps(self.cache.xh[:, :, start:stop])
+        np.matmul(dz_flat, inputs.transpose(0, 2, 1), out=self._dw_part)
+        self.dw_step += self._dw_part
+
+
+def _backprop_through_time(result, dy, dh_n, dc_n):
+    """Run the recurrence backward from the upstream gradients.
+
+    Returns
+    -------
+    products : _ChunkProducts
+        Contains ``dxs``, the input gradient in run order, and the summed
+        weight gradients.
+    dh0, dc0 : ndarray, shape (2, n_ex, H)
+        Gradients of the initial states.
+    """
+    cache = result.cache
     time = cache.time
-    gates, tanh_c, c = cache.gates, cache.tanh_c, cache.c
-    w_hh_t = cache.w_hh.transpose(0, 2, 1)
-    n_t = gates.shape[1]
-    hidden_size = tanh_c.shape[-1]
+    gates = cache.gates
+    _, n_t, gate_width, n_ex = gates.shape
+    h = gate_width // 4
+    w_hh = np.ascontiguousarray(cache.w_step[:, :, cache.n_in + 1:].transpose(0, 2, 1))
 
-    dz = np.empty_like(gates)
-    scratch = _StepScratch(dh_n.shape, dh_n.dtype)
+    chunks = _chunks(n_t, n_ex, gate_width, gates.itemsize)
+    k = chunks[0][1] if chunks else 0
+    dh_run, dxs, dz_chunk, *coefficient_buffers = _allocate(
+        gates.dtype,
+        (2, n_t, h, n_ex),
+        (2, cache.n_in, n_t, n_ex),
+        (2, gate_width, k, n_ex),
+        (2, k, 5 * h, n_ex),
+        (2, k, 3 * h, n_ex),
+        (2, k, h, n_ex),
+    )
+    _upstream_hidden(result, dy, dh_run)
+    products = _ChunkProducts(cache, dxs)
+    coefficients = _Coefficients(coefficient_buffers, h)
 
-    # Each state gradient alternates between two buffers. A step reads one and
-    # writes the other, so the loop allocates nothing.
-    dh, dh_prev = dh_n.copy(), np.empty_like(dh_n)
-    dc, dc_prev = dc_n.copy(), np.empty_like(dc_n)
+    # Each state gradient alternates between two buffers, so the loop
+    # allocates nothing.  These use copy(), not ascontiguousarray, because the
+    # buffers are overwritten and ascontiguousarray can return the caller's
+    # array itself.
+    dh = dh_n.transpose(0, 2, 1).copy()
+    dc = dc_n.transpose(0, 2, 1).copy()
+    dh_prev, dc_prev = np.empty_like(dh), np.empty_like(dc)
+    dh_s, dc_s = np.empty_like(dh), np.empty_like(dc)
 
-    for s in reversed(range(n_t)):
-        dh_s = np.add(dh, dh_run[:, s], out=scratch.dh)
-        dc_s = _step_gate_gradients(
-            gates[:, s], tanh_c[:, s], c[:, s], dh_s, dc, dz[:, s], scratch,
-        )
+    for start, stop in reversed(chunks):
+        coef = coefficients.fill(cache, start, stop)
+        for s in reversed(range(start, stop)):
+            j = s - start
+            dz = dz_chunk[:, :, j]
+            dz_blocks = _view(dz, (2, 4, h, n_ex))
 
-        np.matmul(dz[:, s], w_hh_t, out=dh_prev)
-        f = gates[:, s, :, hidden_size:2 * hidden_size]
-        np.multiply(dc_s, f, out=dc_prev)
+            np.add(dh, dh_run[:, s], out=dh_s)
+            np.multiply(dh_s, coef.a_o[:, j], out=dz_blocks[:, 0])
+            np.multiply(dh_s, coef.b[:, j], out=dc_s)
+            dc_s += dc
+            np.multiply(dc_s[:, None], coef.a_ifg[:, j], out=dz_blocks[:, 1:])
+            if time.padded_steps[s]:
+                np.copyto(dz, 0, where=time.padded_mask(s))
 
-        if time.padded_steps[s]:
-            padded = ~time.valid[s][None, :, None]
-            np.copyto(dz[:, s], 0, where=padded)
-            np.copyto(dh_prev, dh, where=padded)
-            np.copyto(dc_prev, dc, where=padded)
+            np.matmul(w_hh, dz, out=dh_prev)
+            np.multiply(dc_s, gates[:, s, 2 * h:3 * h], out=dc_prev)
 
-        dh, dh_prev = dh_prev, dh
-        dc, dc_prev = dc_prev, dc
+            if time.padded_steps[s]:
+                padded = time.padded_mask(s)
+                np.copyto(dh_prev, dh, where=padded)
+                np.copyto(dc_prev, dc, where=padded)
 
-    return dz, dh, dc
+            dh, dh_prev = dh_prev, dh
+            dc, dc_prev = dc_prev, dc
+
+        products.add(start, stop, dz_chunk[:, :, :stop - start])
+
+    return products, dh.transpose(0, 2, 1).copy(), dc.transpose(0, 2, 1).copy()
 
 
-def _weight_gradients(cache, dz):
+def _weight_gradients(products, n_in):
     """Return the parameter gradients, keyed like the parameters, in gate order i, f, g, o."""
-    _, n_t, n_ex, gate_width = dz.shape
-    hidden_size = gate_width // 4
-    n_in = cache.x_run.shape[-1]
-    perm = _gate_permutation(hidden_size)
-
-    dz_flat = dz.reshape(2, n_t * n_ex, gate_width)
-    x_flat = cache.x_run.reshape(2, n_t * n_ex, n_in)
-    h_prev = cache.h[:, :n_t].reshape(2, n_t * n_ex, hidden_size)
-
-    stacked = {
-        "W_ih": np.matmul(x_flat.transpose(0, 2, 1), dz_flat),
-        "W_hh": np.matmul(h_prev.transpose(0, 2, 1), dz_flat),
-        "b": dz_flat.sum(axis=1),
-    }
+    hidden_size = products.dw_step.shape[1] // 4
+    to_user_order = np.argsort(_gate_permutation(hidden_size))
 
     dparams = {}
     for k, direction in enumerate(DIRECTIONS):
-        for stem, grad in stacked.items():
-            dparams[f"{stem}_{direction}"] = np.ascontiguousarray(grad[k][..., perm])
+        dw_step = products.dw_step[k][to_user_order]
+        dparams[f"W_ih_{direction}"] = np.ascontiguousarray(dw_step[:, :n_in].T)
+        dparams[f"W_hh_{direction}"] = np.ascontiguousarray(dw_step[:, n_in + 1:].T)
+        dparams[f"b_{direction}"] = np.ascontiguousarray(dw_step[:, n_in])
     return dparams
 
 
-def _input_gradient(cache, dz):
-    """Return dx in the (n_ex, n_in, n_t) layout."""
-    _, n_t, n_ex, gate_width = dz.shape
-    n_in = cache.x_run.shape[-1]
-
-    dx_run = np.matmul(dz.reshape(2, n_t * n_ex, gate_width), cache.w_ih.transpose(0, 2, 1))
-    dx_run = dx_run.reshape(2, n_t, n_ex, n_in)
-    dx_time_major = dx_run[0] + cache.time.reverse(dx_run[1])
-    return np.ascontiguousarray(dx_time_major.transpose(1, 2, 0))
+def _input_gradient(time, dxs):
+    """Return dx (n_ex, n_in, n_t) from its run-order parts (2, n_in, n_t, n_ex)."""
+    dx_sum = np.add(dxs[0], time.reverse(dxs[1], axis=1), out=dxs[0])
+    return np.ascontiguousarray(dx_sum.transpose(2, 0, 1))
 
 
 def backward(result, dy, *, dh_n=None, dc_n=None):
@@ -519,12 +722,11 @@ def backward(result, dy, *, dh_n=None, dc_n=None):
     dh_n = validate_upstream("dh_n", dh_n, result.h_n.shape, dtype)
     dc_n = validate_upstream("dc_n", dc_n, result.c_n.shape, dtype)
 
-    dh_run = _upstream_hidden(result, dy)
-    dz, dh0, dc0 = _backprop_through_time(result.cache, dh_run, dh_n, dc_n)
+    products, dh0, dc0 = _backprop_through_time(result, dy, dh_n, dc_n)
 
     return Gradients(
-        dx=_input_gradient(result.cache, dz),
-        dparams=_weight_gradients(result.cache, dz),
+        dx=_input_gradient(time, products.dxs),
+        dparams=_weight_gradients(products, result.cache.n_in),
         dh0=dh0,
         dc0=dc0,
     )

@@ -224,6 +224,43 @@ def test_arguments_not_mutated():
         np.testing.assert_array_equal(after[name], before[name], err_msg=name)
 
 
+@pytest.mark.parametrize("n_ex, hidden_size", [(1, 1), (1, 3), (3, 1)])
+def test_state_gradients_not_mutated_when_already_contiguous(n_ex, hidden_size):
+    # With one example or one unit, the transposed views of dh_n and dc_n
+    # that backward makes are contiguous, so a careless copy would return
+    # the caller's own array and overwrite it.
+    inputs = draw_inputs(40, n_ex=n_ex, hidden_size=hidden_size)
+    result = bilstm.forward(**inputs)
+    upstream = draw_upstream(41, result)
+    before = copy.deepcopy(upstream)
+
+    first = run_backward(result, upstream)
+    second = run_backward(result, upstream)
+
+    for name in ("dy", "dh_n", "dc_n"):
+        np.testing.assert_array_equal(upstream[name], before[name], err_msg=name)
+    assert_gradients_equal(second, first)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 700])
+def test_backward_chunks_do_not_change_gradients(monkeypatch, chunk_bytes):
+    # backward walks the steps in chunks sized by _CHUNK_BYTES; small test
+    # cases fit in one chunk, so this forces one step per chunk, and chunks
+    # that do not divide n_t.
+    inputs = draw_inputs(42, n_t=7)
+    result = bilstm.forward(**inputs, merge_mode="multiply", lengths=LENGTHS)
+    upstream = draw_upstream(43, result)
+    expected = run_backward(result, upstream)
+
+    monkeypatch.setattr(bilstm.reference, "_CHUNK_BYTES", chunk_bytes)
+    assert len(bilstm.reference._chunks(7, N_EX, 4 * H, 8)) > 1
+    actual = gradient_arrays(run_backward(result, upstream))
+
+    # Chunked weight gradients are summed in another order.
+    for name, array in gradient_arrays(expected).items():
+        np.testing.assert_allclose(actual[name], array, rtol=1e-13, atol=1e-15, err_msg=name)
+
+
 def test_result_not_mutated_by_backward():
     result = bilstm.forward(**draw_inputs(30), merge_mode="multiply", lengths=LENGTHS)
     before = {"y": result.y.copy(), "h_n": result.h_n.copy(), "c_n": result.c_n.copy()}
