@@ -40,6 +40,13 @@ BLAS_ENV_VARS = (
 )
 """Environment variables that change which BLAS kernel runs or on how many threads."""
 
+MALLOC_ENV_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+"""glibc settings that decide whether freed memory goes back to the kernel.
+
+Memory that went back costs one page fault per 4 KiB page when it is used
+again, and both implementations allocate tens of MB per call.
+"""
+
 
 def parse_args(argv=None):
     """Parse and check the command line. The size defaults are the standard benchmark case."""
@@ -146,7 +153,9 @@ def machine_lines():
             f"{lib['num_threads']} threads{kernel}"
         )
 
-    env = ", ".join(f"{name}={os.environ.get(name, '(unset)')}" for name in BLAS_ENV_VARS)
+    env = ", ".join(
+        f"{name}={os.environ.get(name, '(unset)')}" for name in BLAS_ENV_VARS + MALLOC_ENV_VARS
+    )
     lines.append(f"environment: {env}")
     return lines
 
@@ -210,6 +219,15 @@ def make_case(args, dtype_name):
     return {"run_torch": run_torch, "run_reference": run_reference, "agreement": agreement}
 
 
+def minor_page_faults():
+    """Return this process's minor page faults so far, or None where getrusage is missing."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_interleaved(runs, repeats, pause, warmup):
     """Time each callable ``repeats`` times, alternating between them.
 
@@ -221,11 +239,15 @@ def time_interleaved(runs, repeats, pause, warmup):
 
     Returns
     -------
-    dict of str to list of float
+    times : dict of str to list of float
         Seconds of every timed run, per name.
+    faults : dict of str to list of int
+        Minor page faults of every timed run, per name; empty lists where
+        the platform does not count them.
     """
     names = list(runs)
     times = {name: [] for name in names}
+    faults = {name: [] for name in names}
 
     for round_index in range(repeats):
         order = names if round_index % 2 == 0 else names[::-1]
@@ -235,10 +257,23 @@ def time_interleaved(runs, repeats, pause, warmup):
             for _ in range(warmup):
                 runs[name]()
 
+            faults_before = minor_page_faults()
             start = time.perf_counter()
             runs[name]()
             times[name].append(time.perf_counter() - start)
-    return times
+            if faults_before is not None:
+                faults[name].append(minor_page_faults() - faults_before)
+    return times, faults
+
+
+def fault_line(dtype_name, faults):
+    """Describe the median page faults per timed run of each implementation."""
+    if not all(faults.values()):
+        return f"{dtype_name}: page faults per timed run not counted on this platform"
+    counts = ", ".join(
+        f"{name} {statistics.median(values):.0f}" for name, values in faults.items()
+    )
+    return f"{dtype_name}: minor page faults per timed run, median: {counts}"
 
 
 def table_row(dtype_name, times):
@@ -280,7 +315,8 @@ def main(argv=None):
         case = make_case(args, dtype_name)
         print(f"{dtype_name}: max |reference - torch| over y and dx = {case['agreement']:.2e}")
         runs = {"reference": case["run_reference"], "torch": case["run_torch"]}
-        times = time_interleaved(runs, args.repeats, args.pause, args.warmup)
+        times, faults = time_interleaved(runs, args.repeats, args.pause, args.warmup)
+        print(fault_line(dtype_name, faults))
         rows.append(table_row(dtype_name, times))
 
     print()
