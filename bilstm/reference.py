@@ -539,8 +539,8 @@ class _Coefficients:
         a_o, a_i, a_f, a_g, b = _gate_views_5(factors, h)
 
         # tanh(c) is recomputed rather than stored, which saves forward a
-        # (2, n_t, H, n_ex) array.  The same call on the same values gives
-        # the same bits as in forward.
+        # (2, n_t, H, n_ex) array.  tanh acts element by element, so this
+        # gives the values that forward used.
         tanh_c = np.tanh(cache.c[:, start + 1:stop + 1], out=self._tanh_c[:, :k])
 
         # sigmoid' = s (1 - s), formed over the three sigmoid blocks at once.
