@@ -108,6 +108,20 @@ def _as_numpy(label, value):
         ) from None
 
 
+def _check_keys(name, mapping, required, optional=(), hint=""):
+    """Raise unless ``mapping`` has every key of ``required`` and no key outside ``required + optional``."""
+    allowed = required + optional
+    missing = [key for key in required if key not in mapping]
+    extra = sorted(str(key) for key in mapping if key not in allowed)
+    if missing or extra:
+        raise InvalidArgumentError(
+            f"{name} has missing keys {missing} and unexpected keys {extra}; it must "
+            f"hold exactly {list(required)}"
+            + (f" and may hold {list(optional)}" if optional else "")
+            + f"; {hint}"
+        )
+
+
 def _read_mapping(name, mapping, required, optional=(), hint=""):
     """Validate the keys and dtypes of ``mapping`` and return its entries as ndarrays.
 
@@ -132,17 +146,8 @@ def _read_mapping(name, mapping, required, optional=(), hint=""):
             f"{name} must be a mapping from name to array, got {type(mapping).__name__}; {hint}"
         )
 
+    _check_keys(name, mapping, required, optional, hint)
     allowed = required + optional
-    missing = [key for key in required if key not in mapping]
-    extra = sorted(str(key) for key in mapping if key not in allowed)
-    if missing or extra:
-        raise InvalidArgumentError(
-            f"{name} has missing keys {missing} and unexpected keys {extra}; it must "
-            f"hold exactly {list(required)}"
-            + (f" and may hold {list(optional)}" if optional else "")
-            + f"; {hint}"
-        )
-
     arrays = {
         key: _as_numpy(f"{name}[{key!r}]", mapping[key])
         for key in allowed if key in mapping
@@ -648,13 +653,7 @@ def _read_numpy_ml_cells(cells):
             f"{type(cells).__name__}; {hint}"
         )
 
-    missing = [cell for cell in NUMPY_ML_CELLS if cell not in cells]
-    extra = sorted(str(cell) for cell in cells if cell not in NUMPY_ML_CELLS)
-    if missing or extra:
-        raise InvalidArgumentError(
-            f"cells has missing keys {missing} and unexpected keys {extra}; it must "
-            f"hold exactly {list(NUMPY_ML_CELLS)}; {hint}"
-        )
+    _check_keys("cells", cells, NUMPY_ML_CELLS, hint=hint)
 
     per_cell = {
         cell: _read_mapping(f"cells[{cell!r}]", cells[cell], NUMPY_ML_KEYS, hint=hint)
