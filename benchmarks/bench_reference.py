@@ -26,8 +26,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The folder of this script, for its helper modules when it is loaded from elsewhere.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bilstm import backward, forward  # noqa: E402
+from machine_info import cpu_model  # noqa: E402
 
 TARGET_RATIOS = {"float64": 1.0, "float32": 1.5}
 """Maximum accepted (reference time) / (torch time), per dtype."""
@@ -95,17 +98,6 @@ def parse_args(argv=None):
             flag = "--" + name.replace("_", "-")
             parser.error(f"{flag}={getattr(args, name)} is invalid; use a positive size")
     return args
-
-
-def cpu_model():
-    """Return the CPU model name from /proc/cpuinfo, or platform's guess elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def blas_libraries():

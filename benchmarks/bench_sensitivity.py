@@ -88,8 +88,11 @@ import scipy
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The folder of this script, for its helper modules when it is loaded from elsewhere.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bilstm  # noqa: E402
+from machine_info import cpu_model  # noqa: E402
 from bilstm import MERGE_MODES, PARAM_NAMES, output_shape, param_shapes  # noqa: E402
 import properties.props_gradients  # noqa: E402,F401  (registers the gradient properties)
 from properties.adapters.reference import ReferenceImplementation  # noqa: E402
@@ -752,17 +755,6 @@ def format_notes(summary):
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
-
-def cpu_model():
-    """Return the CPU model name from /proc/cpuinfo, or platform's guess elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def machine_lines(jobs):
     """Describe the machine, the library versions and the run, one line each."""
