@@ -5,8 +5,6 @@ runs ``python3 -m properties`` where the test needs a module found through
 ``PYTHONPATH`` or must survive an implementation that hangs.
 """
 
-import importlib.util
-import io
 import os
 import re
 import subprocess
@@ -18,33 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_helpers import needs_numpy_ml, run_cli, table_rows
 from properties.adapters.reference import ReferenceImplementation, ReferenceModel
 from properties.casefile import load_case, save_case
 from properties.catalog import REGISTRY, catalog_order
-from properties.cli import main
 from properties.runner import import_catalog
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 FAKE_MODULE = "bilstm_test_impls"
 """Name under which :func:`broken_impls` puts the implementations below into sys.modules."""
-
-needs_numpy_ml = pytest.mark.skipif(
-    importlib.util.find_spec("numpy_ml") is None,
-    reason="numpy-ml is not installed; pip install 'bilstm-verify[numpy-ml]'",
-)
-
-
-def run_cli(*argv):
-    """Run ``main(argv)`` in this process; return ``(exit status, standard output)``."""
-    out = io.StringIO()
-    try:
-        status = main(list(argv), out=out)
-    except SystemExit as exc:
-        # argparse exits by itself on a bad command line.
-        status = exc.code
-    return status, out.getvalue()
-
 
 def run_cli_subprocess(*argv, pythonpath, cwd, timeout):
     """Run ``python3 -m properties argv``; return the CompletedProcess."""
@@ -55,21 +36,7 @@ def run_cli_subprocess(*argv, pythonpath, cwd, timeout):
     )
 
 
-_ROW = re.compile(r"^(\S+)  +(\S.*?)  +(\d+)  +\d+\.\d+$")
 _REPORT_HEAD = re.compile(r"^(FAILED|implementation error|harness error|known failure): (\S+)$")
-
-
-def table_rows(output):
-    """Return ``{property: (verdict, examples)}`` from the result table of ``check``."""
-    lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("property "))
-    rows = {}
-    for line in lines[start + 1:]:
-        if not line:
-            break
-        name, verdict, examples = _ROW.match(line).groups()
-        rows[name] = (verdict, int(examples))
-    return rows
 
 
 def failure_reports(output):

@@ -4,7 +4,6 @@ The exported tests run in a pytest subprocess from a folder of their own,
 with only the repository on ``PYTHONPATH``, as they would in a user's suite.
 """
 
-import importlib.util
 import io
 import os
 import re
@@ -14,25 +13,19 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import needs_numpy_ml, run_cli
 from properties.casefile import save_case
 from properties.cli import main
 from properties.export import IMPL_VARIABLE, render_test
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-needs_numpy_ml = pytest.mark.skipif(
-    importlib.util.find_spec("numpy_ml") is None,
-    reason="numpy-ml is not installed; pip install 'bilstm-verify[numpy-ml]'",
-)
-
 _OUTCOME = re.compile(r"^(PASSED|FAILED|SKIPPED|XFAIL|ERROR) \S*::(\w+)")
 
 
 def run_export(*argv):
     """Run ``bilstm-verify export-test argv`` in this process; return ``(status, output)``."""
-    out = io.StringIO()
-    status = main(["export-test", *argv], out=out)
-    return status, out.getvalue()
+    return run_cli("export-test", *argv)
 
 
 def run_pytest(target, *, implementation=None):

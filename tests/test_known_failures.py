@@ -1,13 +1,11 @@
 """Tests of known-failure lists: parsing, merging with the adapter, and ``check --known-failures``."""
 
-import importlib.util
-import io
 import re
 from pathlib import Path
 
 import pytest
 
-from properties.cli import main
+from cli_helpers import needs_numpy_ml, run_cli, table_rows
 from properties.errors import UsageError
 from properties.known_failures import (
     STALE_KNOWN_FAILURE, KnownFailure, KnownFailures, load_known_failures, parse_known_failures,
@@ -16,32 +14,15 @@ from properties.known_failures import (
 from properties.protocol import Implementation
 from properties.runner import FAILED, KNOWN_FAILURE, PASSED, PropertyResult, select_properties
 
-needs_numpy_ml = pytest.mark.skipif(
-    importlib.util.find_spec("numpy_ml") is None,
-    reason="numpy-ml is not installed; pip install 'bilstm-verify[numpy-ml]'",
-)
-
-_ROW = re.compile(r"^(\S+)  +(\S.*?)  +(\d+)  +\d+\.\d+$")
-
 
 def run_check(*argv):
     """Run ``bilstm-verify check argv`` in this process; return ``(status, output)``."""
-    out = io.StringIO()
-    status = main(["check", *argv], out=out)
-    return status, out.getvalue()
+    return run_cli("check", *argv)
 
 
 def verdicts(output):
     """Return ``{property: verdict}`` from the result table of ``check``."""
-    lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("property "))
-    rows = {}
-    for line in lines[start + 1:]:
-        if not line:
-            break
-        name, verdict, _ = _ROW.match(line).groups()
-        rows[name] = verdict
-    return rows
+    return {name: verdict for name, (verdict, _) in table_rows(output).items()}
 
 
 class _Listed(Implementation):

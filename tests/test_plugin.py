@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import needs_numpy_ml
 from properties.casefile import load_case
 from properties.known_failures import KnownFailures, parse_known_failures
 from properties.cli import build_parser
@@ -30,11 +31,6 @@ if importlib.util.find_spec("numpy_ml") is not None:
     importlib.import_module("properties.adapters.numpy_ml")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-needs_numpy_ml = pytest.mark.skipif(
-    importlib.util.find_spec("numpy_ml") is None,
-    reason="numpy-ml is not installed; pip install 'bilstm-verify[numpy-ml]'",
-)
 
 
 def _plugin_args():

@@ -10,10 +10,10 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
+from cli_helpers import needs_numpy_ml, run_cli
 from properties import reports
 from properties.adapters.reference import ReferenceImplementation, ReferenceModel
 from properties.casefile import load_case, save_case
-from properties.cli import main
 from properties.protocol import Grads
 from properties.reports import (
     draw_gradient_picture, gradient_errors, junit_xml_bytes, picture_panels,
@@ -24,10 +24,6 @@ from properties.runner import (
     PropertyResult,
 )
 
-needs_numpy_ml = pytest.mark.skipif(
-    importlib.util.find_spec("numpy_ml") is None,
-    reason="numpy-ml is not installed; pip install 'bilstm-verify[numpy-ml]'",
-)
 needs_matplotlib = pytest.mark.skipif(
     importlib.util.find_spec("matplotlib") is None,
     reason="matplotlib is not installed; pip install 'bilstm-verify[plots]'",
@@ -39,12 +35,7 @@ FAKE_MODULE = "bilstm_report_test_impls"
 
 def run_check(*argv):
     """Run ``bilstm-verify check argv`` in this process; return ``(status, output)``."""
-    out = io.StringIO()
-    try:
-        status = main(["check", *argv], out=out)
-    except SystemExit as exc:
-        status = exc.code
-    return status, out.getvalue()
+    return run_cli("check", *argv)
 
 
 @pytest.fixture(autouse=True)
