@@ -4,7 +4,7 @@ import numpy as np
 
 from bilstm.params import swap_directions
 from properties.catalog import (
-    elementwise_modes, halves, register, reverse_valid, run_forward, split_halves,
+    elementwise_modes, halves, register, reverse_valid, run_forward,
 )
 from properties.compare import check_close, describe_output_index, describe_state_index
 from properties.errors import PropertyFailure

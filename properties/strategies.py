@@ -764,8 +764,8 @@ def lengths(sizes, *, allow_zero=False):
     allow_zero = _check_flag("allow_zero", allow_zero)
     if sizes.n_t == 0 and not allow_zero and sizes.n_ex > 0:
         raise InvalidStrategyArgument(
-            f"sizes.n_t=0 with allow_zero=False leaves no valid length, since each "
-            f"must lie in [1, n_t]. Pass allow_zero=True or sizes with n_t >= 1."
+            "sizes.n_t=0 with allow_zero=False leaves no valid length, since each "
+            "must lie in [1, n_t]. Pass allow_zero=True or sizes with n_t >= 1."
         )
     return _lengths_strategy(sizes, allow_zero)
 
