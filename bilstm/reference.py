@@ -289,10 +289,10 @@ def _allocate(dtype, *shapes):
     """Return one new, uninitialized array per shape, carved from a single allocation.
 
     Several arrays of a few MB each cost one page fault per 4 KiB page on
-    first touch.  One block of their total size lets numpy ask the kernel
-    for transparent huge pages (it does so from 4 MiB), and lets the C
-    allocator reuse the block from one call to the next.  The block is freed
-    when the last view of it dies.
+    first touch.  For one block of their total size, numpy asks the kernel
+    for transparent huge pages (it does so from 4 MiB), and glibc can hand
+    the same block to the next call.  The block is freed when the last view
+    of it is.
     """
     sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
     block = np.empty(sum(sizes), dtype=dtype)
@@ -536,7 +536,8 @@ class _Coefficients:
         factors = self._factors[:, :k]
         gates = cache.gates[:, start:stop]
         o, i, f, g = _gate_views(gates, h)
-        a_o, a_i, a_f, a_g, b = _gate_views_5(factors, h)
+        # Rows of each step: A^o, A^i, A^f, A^g, then B, H rows each.
+        a_o, a_i, a_f, a_g, b = (factors[:, :, j * h:(j + 1) * h] for j in range(5))
 
         # tanh(c) is recomputed rather than stored, which saves forward a
         # (2, n_t, H, n_ex) array.  tanh acts element by element, so this
@@ -565,12 +566,6 @@ class _Coefficients:
         self.a_o, self.b = a_o, b
         self.a_ifg = _view(factors[:, :, h:4 * h], (2, k, 3, h, factors.shape[-1]))
         return self
-
-
-def _gate_views_5(a, hidden_size):
-    """Return the five H-row blocks of a (..., 5H, n_ex) array: A^o, A^i, A^f, A^g, B."""
-    h = hidden_size
-    return tuple(a[..., j * h:(j + 1) * h, :] for j in range(5))
 
 
 class _ChunkProducts:
@@ -640,12 +635,15 @@ def _backprop_through_time(result, dy, dh_n, dc_n):
     dh_prev, dc_prev = np.empty_like(dh), np.empty_like(dc)
     dh_s, dc_s = np.empty_like(dh), np.empty_like(dc)
 
+    # The same buffer viewed with its gate blocks on their own axis.
+    dz_chunk_blocks = _view(dz_chunk, (2, 4, h, k, n_ex))
+
     for start, stop in reversed(chunks):
         coef = coefficients.fill(cache, start, stop)
         for s in reversed(range(start, stop)):
             j = s - start
             dz = dz_chunk[:, :, j]
-            dz_blocks = _view(dz, (2, 4, h, n_ex))
+            dz_blocks = dz_chunk_blocks[:, :, :, j]
 
             np.add(dh, dh_run[:, s], out=dh_s)
             np.multiply(dh_s, coef.a_o[:, j], out=dz_blocks[:, 0])
