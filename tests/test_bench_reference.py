@@ -1,0 +1,73 @@
+"""Smoke tests of benchmarks/bench_reference.py on tiny sizes, so the speed benchmark cannot rot."""
+
+import contextlib
+import importlib.util
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_reference.py"
+
+TINY = ["--n-ex", "2", "--n-t", "3", "--n-in", "2", "--hidden", "3",
+        "--repeats", "5", "--pause", "0", "--warmup", "0"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_reference", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_main_prints_table_and_faults(bench):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        bench.main(TINY)
+    output = out.getvalue()
+
+    for dtype in ("float64", "float32"):
+        assert re.search(rf"^{dtype}: max \|reference - torch\| over y and dx = ", output, re.M)
+        assert re.search(
+            rf"^{dtype}: minor page faults per timed run, median: reference \d+, torch \d+$",
+            output, re.M,
+        )
+        row = re.search(rf"^\| {dtype} \| [\d.]+ \([\d.]+-[\d.]+\) \| [\d.]+ \([\d.]+-[\d.]+\) "
+                        rf"\| [\d.]+ \| <= [\d.]+ \| (yes|no) \|$", output, re.M)
+        assert row is not None, output
+    assert re.search(r"^CPU: \S", output, re.M)
+    assert "MALLOC_TRIM_THRESHOLD_=" in output
+
+
+def test_interleaved_timing_counts_faults(bench):
+    calls = []
+    runs = {"first": lambda: calls.append("first"), "second": lambda: calls.append("second")}
+
+    times, faults = bench.time_interleaved(runs, repeats=3, pause=0, warmup=1)
+
+    assert sorted(times) == ["first", "second"]
+    assert all(len(values) == 3 for values in times.values())
+    assert all(len(values) == 3 and min(values) >= 0 for values in faults.values())
+    # One untimed and one timed run per round, and the order flips every round.
+    assert calls == ["first"] * 2 + ["second"] * 4 + ["first"] * 4 + ["second"] * 2
+
+
+def test_fault_line_without_counts(bench):
+    line = bench.fault_line("float32", {"reference": [], "torch": []})
+
+    assert line == "float32: page faults per timed run not counted on this platform"
+
+
+def test_fault_line_medians(bench):
+    line = bench.fault_line("float64", {"reference": [0, 4, 2], "torch": [10, 30, 20]})
+
+    assert line == "float64: minor page faults per timed run, median: reference 2, torch 20"
+
+
+def test_too_few_repeats_rejected(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--repeats", "4"])
+
+    assert "--repeats=4 is too few" in capsys.readouterr().err
