@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bilstm import backward, forward  # noqa: E402
+from bilstm._parallel import ENV_VAR as PARALLEL_ENV_VAR, in_parallel  # noqa: E402
+from bilstm.reference import _call_size  # noqa: E402
 from machine_info import cpu_model  # noqa: E402
 
 TARGET_RATIOS = {"float64": 1.0, "float32": 1.5}
@@ -211,6 +213,18 @@ def make_case(args, dtype_name):
     return {"run_torch": run_torch, "run_reference": run_reference, "agreement": agreement}
 
 
+def directions_line(args):
+    """Say whether the reference runs its directions in parallel for this case, and why."""
+    step_weights_shape = (2, 4 * args.hidden, args.n_in + 1 + args.hidden)
+    work, block = _call_size(args.n_t, args.n_ex, step_weights_shape)
+    chosen = "parallel" if in_parallel(work, block) else "serial"
+    return (
+        f"reference directions: {chosen} ({PARALLEL_ENV_VAR}="
+        f"{os.environ.get(PARALLEL_ENV_VAR, '(unset)')}; {work:,} multiply-adds per "
+        f"direction, gate blocks of {block} values)"
+    )
+
+
 def minor_page_faults():
     """Return this process's minor page faults so far, or None where getrusage is missing."""
     try:
@@ -301,6 +315,7 @@ def main(argv=None):
         print(f"numpy BLAS threads: not controlled, so --blas-threads={blas_threads} is ignored")
     for line in machine_lines():
         print(line)
+    print(directions_line(args))
 
     rows = []
     for dtype_name in dtype_names:

@@ -78,12 +78,19 @@ with five small products per step.  Each chunk's pre-activation gradients
 take one product for all parameter gradients and one for the input
 gradient.  The stored arrays, and backward's work arrays, are each carved
 from one allocation.
+
+Large calls on a machine with 2 or 3 CPUs run the two directions in two
+threads instead, each with a one-thread BLAS; :mod:`bilstm._parallel` gives
+the rule and the environment variable ``BILSTM_PARALLEL_DIRECTIONS`` that
+overrides it.  Both paths run the same per-direction code on a leading
+direction axis of size 2 or 1.
 """
 
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from bilstm._parallel import run_directions
 from bilstm._validate import (
     check_finite, validate_lengths, validate_params, validate_state,
     validate_upstream, validate_x,
@@ -159,6 +166,10 @@ class _Cache:
     def hs(self):
         """Hidden states (2, H, n_t + 1, n_ex), a view of ``xh``; ``hs[:, :, 0]`` is h0."""
         return self.xh[:, self.n_in + 1:]
+
+    def directions(self, d):
+        """Return the cache of the directions in slice ``d`` of the leading axis."""
+        return _Cache(self.time, self.n_in, self.xh[d], self.c[d], self.gates[d], self.w_step[d])
 
 
 class _TimeIndex:
@@ -324,17 +335,27 @@ def _flatten_steps(a):
 
 
 def _recur(xh, w_step, c0, time, c, gates):
-    """Run both directions' recurrences together.
+    """Run both directions' recurrences, together or in parallel (see :mod:`bilstm._parallel`).
 
     Writes ``h_t`` into column t + 1 of ``xh``'s hidden rows, and fills
     ``c`` and ``gates``, laid out as in :class:`_Cache`.
     """
-    n_t = gates.shape[1]
     hidden_size = c.shape[2]
     n_in = xh.shape[1] - 1 - hidden_size
-    w_step = _halve_sigmoid_rows(w_step, hidden_size)
-    hs = xh[:, n_in + 1:]
+    w_halved = _halve_sigmoid_rows(w_step, hidden_size)
     c[:, 0] = c0.transpose(0, 2, 1)
+
+    def task(d):
+        _recur_directions(xh[d], w_halved[d], time, c[d], gates[d], n_in)
+
+    run_directions(task, *_call_size(gates.shape[1], xh.shape[-1], w_step.shape))
+
+
+def _recur_directions(xh, w_halved, time, c, gates, n_in):
+    """Run the recurrence of the directions on the leading axis of every array (1 or 2)."""
+    n_t = gates.shape[1]
+    hidden_size = c.shape[2]
+    hs = xh[:, n_in + 1:]
 
     # Scratch reused by every step, so the loop allocates nothing.
     i_times_g = np.empty(c.shape[:1] + c.shape[2:], dtype=c.dtype)
@@ -344,7 +365,7 @@ def _recur(xh, w_step, c0, time, c, gates):
         # One product gives the input projection, the bias and the
         # recurrent term together, straight into the stored gates.
         z = gates[:, s]
-        np.matmul(w_step, xh[:, :, s], out=z)
+        np.matmul(w_halved, xh[:, :, s], out=z)
         _activate_inplace(z, hidden_size)
         o, i, f, g = _gate_views(z, hidden_size)
 
@@ -360,6 +381,21 @@ def _recur(xh, w_step, c0, time, c, gates):
             padded = time.padded_mask(s)
             np.copyto(c[:, s + 1], c[:, s], where=padded)
             np.copyto(hs[:, :, s + 1], hs[:, :, s], where=padded)
+
+
+def _call_size(n_t, n_ex, w_step_shape):
+    """Return the size measures of :func:`bilstm._parallel.in_parallel`.
+
+    Returns
+    -------
+    work : int
+        Multiply-adds of one direction's step products, (4H, n_in + 1 + H)
+        by (n_in + 1 + H, n_ex) per step.
+    block : int
+        Values in one gate block of one step, H * n_ex.
+    """
+    gate_width, step_inputs = w_step_shape[1:]
+    return n_t * n_ex * gate_width * step_inputs, gate_width // 4 * n_ex
 
 
 def _merged_output(hs, merge_mode, time):
@@ -520,8 +556,9 @@ class _Coefficients:
 
     Attributes
     ----------
-    a_o, b : ndarray, shape (2, k, H, n_ex)
-    a_ifg : ndarray, shape (2, k, 3, H, n_ex)
+    a_o, b : ndarray, shape (n_dir, k, H, n_ex)
+        ``n_dir`` is the number of directions in the buffers, 1 or 2.
+    a_ifg : ndarray, shape (n_dir, k, 3, H, n_ex)
         A^i, A^f and A^g, in the order of dz's i, f and g blocks.
     """
 
@@ -564,7 +601,8 @@ class _Coefficients:
         b *= o
 
         self.a_o, self.b = a_o, b
-        self.a_ifg = _view(factors[:, :, h:4 * h], (2, k, 3, h, factors.shape[-1]))
+        n_dir, n_ex = factors.shape[0], factors.shape[-1]
+        self.a_ifg = _view(factors[:, :, h:4 * h], (n_dir, k, 3, h, n_ex))
         return self
 
 
@@ -573,23 +611,37 @@ class _ChunkProducts:
 
     dz is kept one chunk at a time, so the products read it while it is
     still in cache, and backward never allocates a (2, 4H, n_t, n_ex) array.
+
+    Parameters
+    ----------
+    cache : _Cache
+        Forward arrays of the directions handled, 1 or 2.
+    dxs : ndarray, shape (n_dir, n_in, n_t, n_ex)
+        Receives the input gradient in run order.
+    dw_step : ndarray, same shape as ``cache.w_step``
+        Receives the summed gradient of the step weights.
     """
 
-    def __init__(self, cache, dxs):
+    def __init__(self, cache, dxs, dw_step):
         self.cache = cache
-        n_in = cache.n_in
-        self.w_ih = np.ascontiguousarray(cache.w_step[:, :, :n_in].transpose(0, 2, 1))
-        self.dw_step = np.zeros_like(cache.w_step)
-        self._dw_part = np.empty_like(self.dw_step)
+        # A transposed view: the BLAS reads it as fast as a copy here.
+        self.w_ih_t = cache.w_step[:, :, :cache.n_in].transpose(0, 2, 1)
         self.dxs = dxs
+        self.dw_step = dw_step
+        self._dw_part = None
 
     def add(self, start, stop, dz_chunk):
-        """Add the products of dz (2, 4H, stop - start, n_ex) for steps start to stop - 1."""
+        """Add the products of dz (n_dir, 4H, stop - start, n_ex) for steps start to stop - 1."""
         dz_flat = _flatten_steps(dz_chunk)
-        np.matmul(self.w_ih, dz_flat, out=_flatten_steps(self.dxs[:, :, start:stop]))
+        np.matmul(self.w_ih_t, dz_flat, out=_flatten_steps(self.dxs[:, :, start:stop]))
 
-        inputs = _flatten_steps(self.cache.xh[:, :, start:stop])
-        np.matmul(dz_flat, inputs.transpose(0, 2, 1), out=self._dw_part)
+        inputs_t = _flatten_steps(self.cache.xh[:, :, start:stop]).transpose(0, 2, 1)
+        # The first chunk writes the sum itself; later ones go through a scratch array.
+        if self._dw_part is None:
+            np.matmul(dz_flat, inputs_t, out=self.dw_step)
+            self._dw_part = np.empty_like(self.dw_step)
+            return
+        np.matmul(dz_flat, inputs_t, out=self._dw_part)
         self.dw_step += self._dw_part
 
 
@@ -598,45 +650,68 @@ def _backprop_through_time(result, dy, dh_n, dc_n):
 
     Returns
     -------
-    products : _ChunkProducts
-        Contains ``dxs``, the input gradient in run order, and the summed
-        weight gradients.
+    dxs : ndarray, shape (2, n_in, n_t, n_ex)
+        Input gradient of each direction, in run order.
+    dw_step : ndarray, shape (2, 4H, n_in + 1 + H)
+        Gradient of the step weights, laid out as ``cache.w_step``.
     dh0, dc0 : ndarray, shape (2, n_ex, H)
         Gradients of the initial states.
     """
     cache = result.cache
-    time = cache.time
     gates = cache.gates
     _, n_t, gate_width, n_ex = gates.shape
     h = gate_width // 4
-    w_hh = np.ascontiguousarray(cache.w_step[:, :, cache.n_in + 1:].transpose(0, 2, 1))
+
+    dh_run, dxs = _allocate(gates.dtype, (2, n_t, h, n_ex), (2, cache.n_in, n_t, n_ex))
+    _upstream_hidden(result, dy, dh_run)
+    dw_step = np.zeros_like(cache.w_step)
+
+    # These start as the final-state gradients and end as the initial-state
+    # ones.  They use copy(), not ascontiguousarray, because they are
+    # overwritten and ascontiguousarray can return the caller's array itself.
+    dh = dh_n.transpose(0, 2, 1).copy()
+    dc = dc_n.transpose(0, 2, 1).copy()
+
+    def task(d):
+        _backprop_directions(cache.directions(d), dh_run[d], dxs[d], dw_step[d], dh[d], dc[d])
+
+    run_directions(task, *_call_size(n_t, n_ex, cache.w_step.shape))
+    return dxs, dw_step, dh.transpose(0, 2, 1).copy(), dc.transpose(0, 2, 1).copy()
+
+
+def _backprop_directions(cache, dh_run, dxs, dw_step, dh_io, dc_io):
+    """Run backward for the directions on the leading axis of every array (1 or 2).
+
+    ``dh_io`` and ``dc_io``, shape (n_dir, H, n_ex), hold the final-state
+    gradients on entry and the initial-state gradients on return.
+    ``dxs`` and ``dw_step`` receive the input and step-weight gradients.
+    """
+    time = cache.time
+    gates = cache.gates
+    n_dir, n_t, gate_width, n_ex = gates.shape
+    h = gate_width // 4
+    w_hh_t = np.ascontiguousarray(cache.w_step[:, :, cache.n_in + 1:].transpose(0, 2, 1))
 
     chunks = _chunks(n_t, n_ex, gate_width, gates.itemsize)
     k = chunks[0][1] if chunks else 0
-    dh_run, dxs, dz_chunk, *coefficient_buffers = _allocate(
+    dz_chunk, *coefficient_buffers = _allocate(
         gates.dtype,
-        (2, n_t, h, n_ex),
-        (2, cache.n_in, n_t, n_ex),
-        (2, gate_width, k, n_ex),
-        (2, k, 5 * h, n_ex),
-        (2, k, 3 * h, n_ex),
-        (2, k, h, n_ex),
+        (n_dir, gate_width, k, n_ex),
+        (n_dir, k, 5 * h, n_ex),
+        (n_dir, k, 3 * h, n_ex),
+        (n_dir, k, h, n_ex),
     )
-    _upstream_hidden(result, dy, dh_run)
-    products = _ChunkProducts(cache, dxs)
+    products = _ChunkProducts(cache, dxs, dw_step)
     coefficients = _Coefficients(coefficient_buffers, h)
 
     # Each state gradient alternates between two buffers, so the loop
-    # allocates nothing.  These use copy(), not ascontiguousarray, because the
-    # buffers are overwritten and ascontiguousarray can return the caller's
-    # array itself.
-    dh = dh_n.transpose(0, 2, 1).copy()
-    dc = dc_n.transpose(0, 2, 1).copy()
+    # allocates nothing.
+    dh, dc = dh_io.copy(), dc_io.copy()
     dh_prev, dc_prev = np.empty_like(dh), np.empty_like(dc)
     dh_s, dc_s = np.empty_like(dh), np.empty_like(dc)
 
     # The same buffer viewed with its gate blocks on their own axis.
-    dz_chunk_blocks = _view(dz_chunk, (2, 4, h, k, n_ex))
+    dz_chunk_blocks = _view(dz_chunk, (n_dir, 4, h, k, n_ex))
 
     for start, stop in reversed(chunks):
         coef = coefficients.fill(cache, start, stop)
@@ -653,7 +728,7 @@ def _backprop_through_time(result, dy, dh_n, dc_n):
             if time.padded_steps[s]:
                 np.copyto(dz, 0, where=time.padded_mask(s))
 
-            np.matmul(w_hh, dz, out=dh_prev)
+            np.matmul(w_hh_t, dz, out=dh_prev)
             np.multiply(dc_s, gates[:, s, 2 * h:3 * h], out=dc_prev)
 
             if time.padded_steps[s]:
@@ -666,20 +741,21 @@ def _backprop_through_time(result, dy, dh_n, dc_n):
 
         products.add(start, stop, dz_chunk[:, :, :stop - start])
 
-    return products, dh.transpose(0, 2, 1).copy(), dc.transpose(0, 2, 1).copy()
+    dh_io[...] = dh
+    dc_io[...] = dc
 
 
-def _weight_gradients(products, n_in):
+def _weight_gradients(dw_step, n_in):
     """Return the parameter gradients, keyed like the parameters, in gate order i, f, g, o."""
-    hidden_size = products.dw_step.shape[1] // 4
+    hidden_size = dw_step.shape[1] // 4
     to_user_order = np.argsort(_gate_permutation(hidden_size))
 
     dparams = {}
     for k, direction in enumerate(DIRECTIONS):
-        dw_step = products.dw_step[k][to_user_order]
-        dparams[f"W_ih_{direction}"] = np.ascontiguousarray(dw_step[:, :n_in].T)
-        dparams[f"W_hh_{direction}"] = np.ascontiguousarray(dw_step[:, n_in + 1:].T)
-        dparams[f"b_{direction}"] = np.ascontiguousarray(dw_step[:, n_in])
+        dw_k = dw_step[k][to_user_order]
+        dparams[f"W_ih_{direction}"] = np.ascontiguousarray(dw_k[:, :n_in].T)
+        dparams[f"W_hh_{direction}"] = np.ascontiguousarray(dw_k[:, n_in + 1:].T)
+        dparams[f"b_{direction}"] = np.ascontiguousarray(dw_k[:, n_in])
     return dparams
 
 
@@ -720,11 +796,11 @@ def backward(result, dy, *, dh_n=None, dc_n=None):
     dh_n = validate_upstream("dh_n", dh_n, result.h_n.shape, dtype)
     dc_n = validate_upstream("dc_n", dc_n, result.c_n.shape, dtype)
 
-    products, dh0, dc0 = _backprop_through_time(result, dy, dh_n, dc_n)
+    dxs, dw_step, dh0, dc0 = _backprop_through_time(result, dy, dh_n, dc_n)
 
     return Gradients(
-        dx=_input_gradient(time, products.dxs),
-        dparams=_weight_gradients(products, result.cache.n_in),
+        dx=_input_gradient(time, dxs),
+        dparams=_weight_gradients(dw_step, result.cache.n_in),
         dh0=dh0,
         dc0=dc0,
     )

@@ -39,6 +39,20 @@ def test_main_prints_table_and_faults(bench):
         assert row is not None, output
     assert re.search(r"^CPU: \S", output, re.M)
     assert "MALLOC_TRIM_THRESHOLD_=" in output
+    # The tiny case is far below the auto rule's thresholds.
+    assert re.search(r"^reference directions: serial \(BILSTM_PARALLEL_DIRECTIONS=\S+; "
+                     r"[\d,]+ multiply-adds per direction, gate blocks of 6 values\)$",
+                     output, re.M), output
+
+
+@pytest.mark.parametrize(("value", "chosen"), [("1", "parallel"), ("0", "serial")])
+def test_directions_line_follows_the_environment(bench, monkeypatch, value, chosen):
+    monkeypatch.setenv("BILSTM_PARALLEL_DIRECTIONS", value)
+    args = bench.parse_args(TINY)
+    line = bench.directions_line(args)
+    assert line.startswith(f"reference directions: {chosen} (BILSTM_PARALLEL_DIRECTIONS={value}; ")
+    # n_t * n_ex * 4H * (n_in + 1 + H) = 3 * 2 * 12 * 6
+    assert "432 multiply-adds per direction" in line
 
 
 def test_interleaved_timing_counts_faults(bench):
