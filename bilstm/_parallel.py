@@ -40,6 +40,9 @@ ENV_VAR = "BILSTM_PARALLEL_DIRECTIONS"
 MODES = ("auto", "1", "0")
 """Valid values of :data:`ENV_VAR`."""
 
+BOTH = slice(None)
+"""The slice of the direction axis that :func:`run_directions` passes for a serial run."""
+
 MIN_PARALLEL_WORK = 50_000_000
 """Multiply-adds of one direction's step products below which ``auto`` stays serial.
 
@@ -164,7 +167,7 @@ def run_directions(task, work, block):
     Parameters
     ----------
     task : callable
-        Takes a slice of the leading direction axis, ``slice(0, 2)`` for both
+        Takes a slice of the leading direction axis, :data:`BOTH` for both
         directions at once or ``slice(0, 1)`` and ``slice(1, 2)`` for one
         each, and writes its results into views of preallocated arrays.
         Its return value is ignored.
@@ -178,7 +181,7 @@ def run_directions(task, work, block):
         exception wins when both raise.
     """
     if not in_parallel(work, block):
-        task(slice(0, 2))
+        task(BOTH)
         return
 
     errors = []

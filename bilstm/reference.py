@@ -90,7 +90,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bilstm._parallel import run_directions
+from bilstm._parallel import BOTH, run_directions
 from bilstm._validate import (
     check_finite, validate_lengths, validate_params, validate_state,
     validate_upstream, validate_x,
@@ -169,6 +169,8 @@ class _Cache:
 
     def directions(self, d):
         """Return the cache of the directions in slice ``d`` of the leading axis."""
+        if d == BOTH:
+            return self
         return _Cache(self.time, self.n_in, self.xh[d], self.c[d], self.gates[d], self.w_step[d])
 
 
@@ -628,6 +630,7 @@ class _ChunkProducts:
         self.w_ih_t = cache.w_step[:, :, :cache.n_in].transpose(0, 2, 1)
         self.dxs = dxs
         self.dw_step = dw_step
+        self._chunks_added = 0
         self._dw_part = None
 
     def add(self, start, stop, dz_chunk):
@@ -636,13 +639,54 @@ class _ChunkProducts:
         np.matmul(self.w_ih_t, dz_flat, out=_flatten_steps(self.dxs[:, :, start:stop]))
 
         inputs_t = _flatten_steps(self.cache.xh[:, :, start:stop]).transpose(0, 2, 1)
+        self._chunks_added += 1
         # The first chunk writes the sum itself; later ones go through a scratch array.
-        if self._dw_part is None:
+        if self._chunks_added == 1:
             np.matmul(dz_flat, inputs_t, out=self.dw_step)
-            self._dw_part = np.empty_like(self.dw_step)
             return
+        if self._dw_part is None:
+            self._dw_part = np.empty_like(self.dw_step)
         np.matmul(dz_flat, inputs_t, out=self._dw_part)
         self.dw_step += self._dw_part
+
+
+@dataclass(frozen=True)
+class _BackwardArrays:
+    """Work and result arrays of backward, each with the directions on its leading axis.
+
+    Attributes
+    ----------
+    dh_run : ndarray, shape (n_dir, n_t, H, n_ex)
+        Upstream gradient of the hidden states, in run order.
+    dxs : ndarray, shape (n_dir, n_in, n_t, n_ex)
+        Input gradient, in run order.
+    dz_chunk : ndarray, shape (n_dir, 4H, k, n_ex)
+        Pre-activation gradients of one chunk of k steps.
+    coefficient_buffers : tuple of ndarray
+        Buffers of :class:`_Coefficients`.
+    dw_step : ndarray, shape (n_dir, 4H, n_in + 1 + H)
+        Gradient of the step weights, laid out as ``_Cache.w_step``.
+    dh, dc : ndarray, shape (n_dir, H, n_ex)
+        Final-state gradients on entry, initial-state gradients on return.
+    """
+
+    dh_run: np.ndarray
+    dxs: np.ndarray
+    dz_chunk: np.ndarray
+    coefficient_buffers: tuple
+    dw_step: np.ndarray
+    dh: np.ndarray
+    dc: np.ndarray
+
+    def directions(self, d):
+        """Return views of the directions in slice ``d`` of the leading axis."""
+        if d == BOTH:
+            return self
+        return _BackwardArrays(
+            self.dh_run[d], self.dxs[d], self.dz_chunk[d],
+            tuple(buffer[d] for buffer in self.coefficient_buffers),
+            self.dw_step[d], self.dh[d], self.dc[d],
+        )
 
 
 def _backprop_through_time(result, dy, dh_n, dc_n):
@@ -650,63 +694,63 @@ def _backprop_through_time(result, dy, dh_n, dc_n):
 
     Returns
     -------
-    dxs : ndarray, shape (2, n_in, n_t, n_ex)
-        Input gradient of each direction, in run order.
-    dw_step : ndarray, shape (2, 4H, n_in + 1 + H)
-        Gradient of the step weights, laid out as ``cache.w_step``.
-    dh0, dc0 : ndarray, shape (2, n_ex, H)
-        Gradients of the initial states.
+    _BackwardArrays
+        Its ``dxs``, ``dw_step``, ``dh`` and ``dc`` hold the gradients.
     """
     cache = result.cache
     gates = cache.gates
     _, n_t, gate_width, n_ex = gates.shape
     h = gate_width // 4
 
-    dh_run, dxs = _allocate(gates.dtype, (2, n_t, h, n_ex), (2, cache.n_in, n_t, n_ex))
+    chunks = _chunks(n_t, n_ex, gate_width, gates.itemsize)
+    k = chunks[0][1] if chunks else 0
+    dh_run, dxs, dz_chunk, *coefficient_buffers = _allocate(
+        gates.dtype,
+        (2, n_t, h, n_ex),
+        (2, cache.n_in, n_t, n_ex),
+        (2, gate_width, k, n_ex),
+        (2, k, 5 * h, n_ex),
+        (2, k, 3 * h, n_ex),
+        (2, k, h, n_ex),
+    )
     _upstream_hidden(result, dy, dh_run)
-    dw_step = np.zeros_like(cache.w_step)
 
-    # These start as the final-state gradients and end as the initial-state
-    # ones.  They use copy(), not ascontiguousarray, because they are
+    # dh and dc use copy(), not ascontiguousarray, because they are
     # overwritten and ascontiguousarray can return the caller's array itself.
-    dh = dh_n.transpose(0, 2, 1).copy()
-    dc = dc_n.transpose(0, 2, 1).copy()
+    arrays = _BackwardArrays(
+        dh_run, dxs, dz_chunk, tuple(coefficient_buffers),
+        dw_step=np.zeros_like(cache.w_step),
+        dh=dh_n.transpose(0, 2, 1).copy(),
+        dc=dc_n.transpose(0, 2, 1).copy(),
+    )
 
     def task(d):
-        _backprop_directions(cache.directions(d), dh_run[d], dxs[d], dw_step[d], dh[d], dc[d])
+        _backprop_directions(cache.directions(d), arrays.directions(d), chunks)
 
     run_directions(task, *_call_size(n_t, n_ex, cache.w_step.shape))
-    return dxs, dw_step, dh.transpose(0, 2, 1).copy(), dc.transpose(0, 2, 1).copy()
+    return arrays
 
 
-def _backprop_directions(cache, dh_run, dxs, dw_step, dh_io, dc_io):
-    """Run backward for the directions on the leading axis of every array (1 or 2).
+def _backprop_directions(cache, arrays, chunks):
+    """Run backward for the directions on the leading axis of ``cache`` and ``arrays`` (1 or 2).
 
-    ``dh_io`` and ``dc_io``, shape (n_dir, H, n_ex), hold the final-state
-    gradients on entry and the initial-state gradients on return.
-    ``dxs`` and ``dw_step`` receive the input and step-weight gradients.
+    Fills ``arrays.dxs`` and ``arrays.dw_step``, and turns ``arrays.dh`` and
+    ``arrays.dc`` from final-state into initial-state gradients.
     """
     time = cache.time
     gates = cache.gates
-    n_dir, n_t, gate_width, n_ex = gates.shape
+    n_dir, _, gate_width, n_ex = gates.shape
     h = gate_width // 4
     w_hh_t = np.ascontiguousarray(cache.w_step[:, :, cache.n_in + 1:].transpose(0, 2, 1))
+    dh_run, dz_chunk = arrays.dh_run, arrays.dz_chunk
+    k = dz_chunk.shape[2]
 
-    chunks = _chunks(n_t, n_ex, gate_width, gates.itemsize)
-    k = chunks[0][1] if chunks else 0
-    dz_chunk, *coefficient_buffers = _allocate(
-        gates.dtype,
-        (n_dir, gate_width, k, n_ex),
-        (n_dir, k, 5 * h, n_ex),
-        (n_dir, k, 3 * h, n_ex),
-        (n_dir, k, h, n_ex),
-    )
-    products = _ChunkProducts(cache, dxs, dw_step)
-    coefficients = _Coefficients(coefficient_buffers, h)
+    products = _ChunkProducts(cache, arrays.dxs, arrays.dw_step)
+    coefficients = _Coefficients(arrays.coefficient_buffers, h)
 
-    # Each state gradient alternates between two buffers, so the loop
-    # allocates nothing.
-    dh, dc = dh_io.copy(), dc_io.copy()
+    # Each state gradient alternates between its array in ``arrays`` and a
+    # second buffer, so the loop allocates nothing.
+    dh, dc = arrays.dh, arrays.dc
     dh_prev, dc_prev = np.empty_like(dh), np.empty_like(dc)
     dh_s, dc_s = np.empty_like(dh), np.empty_like(dc)
 
@@ -741,8 +785,9 @@ def _backprop_directions(cache, dh_run, dxs, dw_step, dh_io, dc_io):
 
         products.add(start, stop, dz_chunk[:, :, :stop - start])
 
-    dh_io[...] = dh
-    dc_io[...] = dc
+    if dh is not arrays.dh:
+        arrays.dh[...] = dh
+        arrays.dc[...] = dc
 
 
 def _weight_gradients(dw_step, n_in):
@@ -796,13 +841,13 @@ def backward(result, dy, *, dh_n=None, dc_n=None):
     dh_n = validate_upstream("dh_n", dh_n, result.h_n.shape, dtype)
     dc_n = validate_upstream("dc_n", dc_n, result.c_n.shape, dtype)
 
-    dxs, dw_step, dh0, dc0 = _backprop_through_time(result, dy, dh_n, dc_n)
+    arrays = _backprop_through_time(result, dy, dh_n, dc_n)
 
     return Gradients(
-        dx=_input_gradient(time, dxs),
-        dparams=_weight_gradients(dw_step, result.cache.n_in),
-        dh0=dh0,
-        dc0=dc0,
+        dx=_input_gradient(time, arrays.dxs),
+        dparams=_weight_gradients(arrays.dw_step, result.cache.n_in),
+        dh0=arrays.dh.transpose(0, 2, 1).copy(),
+        dc0=arrays.dc.transpose(0, 2, 1).copy(),
     )
 
 

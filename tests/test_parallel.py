@@ -81,7 +81,7 @@ def direction_calls(monkeypatch):
     monkeypatch.setattr(bilstm.reference, "_recur_directions", spy(
         "forward", bilstm.reference._recur_directions, lambda args: args[0].shape[0]))
     monkeypatch.setattr(bilstm.reference, "_backprop_directions", spy(
-        "backward", bilstm.reference._backprop_directions, lambda args: args[1].shape[0]))
+        "backward", bilstm.reference._backprop_directions, lambda args: args[0].gates.shape[0]))
     return calls
 
 
