@@ -6,10 +6,12 @@ Run from the repository root::
     python3 benchmarks/bench_reference.py --dtype float32 --repeats 15
 
 Both implementations get the same weights, input and upstream gradient, and
-both compute the gradients of the input and of every weight.  Runs of the two
-alternate in one process.  The script prints the machine it ran on, then a
-Markdown table (ready for BENCHMARKS.md) with the median time of each
-implementation, their ratio, and whether the ratio meets the project's target.
+both compute the gradients of the input and of every weight.  The reference
+runs on its default serial path and, where the case is large enough, also
+with ``BILSTM_PARALLEL_DIRECTIONS=1``.  Runs of all of them alternate in one
+process.  The script prints the machine it ran on, then a Markdown table
+(ready for BENCHMARKS.md) with the median time of each reference path and of
+torch, their ratio, and whether the ratio meets the project's target.
 """
 
 import argparse
@@ -30,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bilstm import backward, forward  # noqa: E402
-from bilstm._parallel import ENV_VAR as PARALLEL_ENV_VAR, in_parallel  # noqa: E402
-from bilstm.reference import _call_size  # noqa: E402
+from bilstm import _parallel  # noqa: E402
+from bilstm.reference import _work_per_direction  # noqa: E402
 from machine_info import cpu_model  # noqa: E402
 
 TARGET_RATIOS = {"float64": 1.0, "float32": 1.5}
@@ -177,9 +179,12 @@ def make_case(args, dtype_name):
     Returns
     -------
     dict
-        ``run_torch`` and ``run_reference``, each a callable that runs forward
-        and backward once, plus ``agreement``, the largest absolute difference
-        of ``y`` and ``dx`` between the two.
+        ``run_torch``, ``run_serial`` and ``run_parallel``, each a callable
+        that runs forward and backward once (the last two run the reference
+        with ``BILSTM_PARALLEL_DIRECTIONS`` set to 0 and to 1), plus
+        ``agreement``, the largest absolute difference of ``y`` and ``dx``
+        between the serial reference and torch, and ``paths_agreement``, the
+        same between the reference's two paths.
     """
     dtype = np.dtype(dtype_name)
     torch.manual_seed(args.seed)
@@ -200,29 +205,40 @@ def make_case(args, dtype_name):
         y, _ = lstm(x_torch)
         return y, torch.autograd.grad(y, inputs, dy_torch)
 
-    def run_reference():
-        result = forward(x, params)
-        return result, backward(result, dy)
+    def reference_runner(setting):
+        def run_reference():
+            os.environ[_parallel.ENV_VAR] = setting
+            result = forward(x, params)
+            return result, backward(result, dy)
+        return run_reference
 
-    result, grads = run_reference()
+    run_serial, run_parallel = reference_runner("0"), reference_runner("1")
+    result, grads = run_serial()
     y_torch, grads_torch = run_torch()
     agreement = max(
         np.max(np.abs(result.y - y_torch.detach().numpy().transpose(1, 2, 0))),
         np.max(np.abs(grads.dx - grads_torch[0].numpy().transpose(1, 2, 0))),
     )
-    return {"run_torch": run_torch, "run_reference": run_reference, "agreement": agreement}
-
-
-def directions_line(args):
-    """Say whether the reference runs its directions in parallel for this case, and why."""
-    step_weights_shape = (2, 4 * args.hidden, args.n_in + 1 + args.hidden)
-    work, block = _call_size(args.n_t, args.n_ex, step_weights_shape)
-    chosen = "parallel" if in_parallel(work, block) else "serial"
-    return (
-        f"reference directions: {chosen} ({PARALLEL_ENV_VAR}="
-        f"{os.environ.get(PARALLEL_ENV_VAR, '(unset)')}; {work:,} multiply-adds per "
-        f"direction, gate blocks of {block} values)"
+    result_parallel, grads_parallel = run_parallel()
+    paths_agreement = max(
+        np.max(np.abs(result.y - result_parallel.y)),
+        np.max(np.abs(grads.dx - grads_parallel.dx)),
     )
+    return {
+        "run_torch": run_torch, "run_serial": run_serial, "run_parallel": run_parallel,
+        "agreement": agreement, "paths_agreement": paths_agreement,
+    }
+
+
+def parallel_directions_line(args):
+    """Return whether the reference's parallel path runs for this case, and a line that gives the reason."""
+    step_weights_shape = (2, 4 * args.hidden, args.n_in + 1 + args.hidden)
+    work = _work_per_direction(args.n_t, args.n_ex, step_weights_shape)
+    reasons = _parallel.serial_reasons(work)
+    if reasons:
+        return False, f"reference parallel directions: not timed, because of {'; '.join(reasons)}"
+    return True, (f"reference parallel directions: timed with {_parallel.ENV_VAR}=1 "
+                  f"({work:,} multiply-adds per direction)")
 
 
 def minor_page_faults():
@@ -282,9 +298,13 @@ def fault_line(dtype_name, faults):
     return f"{dtype_name}: minor page faults per timed run, median: {counts}"
 
 
-def table_row(dtype_name, times):
+PATH_LABELS = {"serial": "serial (default)", "parallel": f"parallel ({_parallel.ENV_VAR}=1)"}
+"""Names of the reference's two paths in the table."""
+
+
+def table_row(dtype_name, path, times):
     """Format one Markdown row: medians with min-max spread, ratio, target, verdict."""
-    ratio = statistics.median(times["reference"]) / statistics.median(times["torch"])
+    ratio = statistics.median(times[path]) / statistics.median(times["torch"])
     target = TARGET_RATIOS[dtype_name]
 
     def cell(seconds):
@@ -293,7 +313,7 @@ def table_row(dtype_name, times):
 
     verdict = "yes" if ratio <= target else "no"
     return (
-        f"| {dtype_name} | {cell(times['reference'])} | {cell(times['torch'])} "
+        f"| {dtype_name} | {PATH_LABELS[path]} | {cell(times[path])} | {cell(times['torch'])} "
         f"| {ratio:.2f} | <= {target} | {verdict} |"
     )
 
@@ -315,21 +335,34 @@ def main(argv=None):
         print(f"numpy BLAS threads: not controlled, so --blas-threads={blas_threads} is ignored")
     for line in machine_lines():
         print(line)
-    print(directions_line(args))
+    with_parallel, line = parallel_directions_line(args)
+    print(line)
 
     rows = []
-    for dtype_name in dtype_names:
-        case = make_case(args, dtype_name)
-        print(f"{dtype_name}: max |reference - torch| over y and dx = {case['agreement']:.2e}")
-        runs = {"reference": case["run_reference"], "torch": case["run_torch"]}
-        times, faults = time_interleaved(runs, args.repeats, args.pause, args.warmup)
-        print(fault_line(dtype_name, faults))
-        rows.append(table_row(dtype_name, times))
+    saved_setting = os.environ.get(_parallel.ENV_VAR)
+    try:
+        for dtype_name in dtype_names:
+            case = make_case(args, dtype_name)
+            print(f"{dtype_name}: max |reference - torch| over y and dx = "
+                  f"{case['agreement']:.2e}")
+            runs = {"serial": case["run_serial"], "torch": case["run_torch"]}
+            if with_parallel:
+                print(f"{dtype_name}: max |parallel - serial reference| over y and dx = "
+                      f"{case['paths_agreement']:.2e}")
+                runs["parallel"] = case["run_parallel"]
+            times, faults = time_interleaved(runs, args.repeats, args.pause, args.warmup)
+            print(fault_line(dtype_name, faults))
+            rows.extend(table_row(dtype_name, path, times) for path in runs if path != "torch")
+    finally:
+        if saved_setting is None:
+            os.environ.pop(_parallel.ENV_VAR, None)
+        else:
+            os.environ[_parallel.ENV_VAR] = saved_setting
 
     print()
-    print("| dtype | reference ms, median (min-max) | torch ms, median (min-max) "
-          "| ratio | target | met |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| dtype | reference path | reference ms, median (min-max) "
+          "| torch ms, median (min-max) | ratio | target | met |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print(row)
     print(f"\nload average after the runs: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -76,14 +76,13 @@ factor of the pre-activation gradient that does not depend on the upstream
 gradient, in a few large array operations.  The recurrent loop is then left
 with five small products per step.  Each chunk's pre-activation gradients
 take one product for all parameter gradients and one for the input
-gradient.  The stored arrays, and backward's work arrays, are each carved
-from one allocation.
+gradient.  The arrays that forward stores come from one allocation, and so
+do backward's per-step and per-chunk work arrays.
 
-Large calls on a machine with 2 or 3 CPUs run the two directions in two
-threads instead, each with a one-thread BLAS; :mod:`bilstm._parallel` gives
-the rule and the environment variable ``BILSTM_PARALLEL_DIRECTIONS`` that
-overrides it.  Both paths run the same per-direction code on a leading
-direction axis of size 2 or 1.
+With ``BILSTM_PARALLEL_DIRECTIONS=1``, large calls run the two directions
+in two threads instead, each with a one-thread BLAS; :mod:`bilstm._parallel`
+gives the rule and its costs.  Both paths run the same per-direction code on
+a leading direction axis of size 2 or 1.
 """
 
 from dataclasses import dataclass, field
@@ -347,14 +346,17 @@ def _recur(xh, w_step, c0, time, c, gates):
     w_halved = _halve_sigmoid_rows(w_step, hidden_size)
     c[:, 0] = c0.transpose(0, 2, 1)
 
-    def task(d):
-        _recur_directions(xh[d], w_halved[d], time, c[d], gates[d], n_in)
+    def task(d, cancel):
+        _recur_directions(xh[d], w_halved[d], time, c[d], gates[d], n_in, cancel)
 
-    run_directions(task, *_call_size(gates.shape[1], xh.shape[-1], w_step.shape))
+    run_directions(task, _work_per_direction(gates.shape[1], xh.shape[-1], w_step.shape))
 
 
-def _recur_directions(xh, w_halved, time, c, gates, n_in):
-    """Run the recurrence of the directions on the leading axis of every array (1 or 2)."""
+def _recur_directions(xh, w_halved, time, c, gates, n_in, cancel):
+    """Run the recurrence of the directions on the leading axis of every array (1 or 2).
+
+    Returns early, leaving later steps unfilled, once the event ``cancel`` is set.
+    """
     n_t = gates.shape[1]
     hidden_size = c.shape[2]
     hs = xh[:, n_in + 1:]
@@ -364,6 +366,9 @@ def _recur_directions(xh, w_halved, time, c, gates, n_in):
     tanh_c = np.empty_like(i_times_g)
 
     for s in range(n_t):
+        if cancel.is_set():
+            return
+
         # One product gives the input projection, the bias and the
         # recurrent term together, straight into the stored gates.
         z = gates[:, s]
@@ -385,19 +390,9 @@ def _recur_directions(xh, w_halved, time, c, gates, n_in):
             np.copyto(hs[:, :, s + 1], hs[:, :, s], where=padded)
 
 
-def _call_size(n_t, n_ex, w_step_shape):
-    """Return the size measures of :func:`bilstm._parallel.in_parallel`.
-
-    Returns
-    -------
-    work : int
-        Multiply-adds of one direction's step products, (4H, n_in + 1 + H)
-        by (n_in + 1 + H, n_ex) per step.
-    block : int
-        Values in one gate block of one step, H * n_ex.
-    """
-    gate_width, step_inputs = w_step_shape[1:]
-    return n_t * n_ex * gate_width * step_inputs, gate_width // 4 * n_ex
+def _work_per_direction(n_t, n_ex, w_step_shape):
+    """Return the multiply-adds of one direction's step products, (4H, n_in + 1 + H) by (n_in + 1 + H, n_ex) per step."""
+    return n_t * n_ex * w_step_shape[1] * w_step_shape[2]
 
 
 def _merged_output(hs, merge_mode, time):
@@ -724,18 +719,19 @@ def _backprop_through_time(result, dy, dh_n, dc_n):
         dc=dc_n.transpose(0, 2, 1).copy(),
     )
 
-    def task(d):
-        _backprop_directions(cache.directions(d), arrays.directions(d), chunks)
+    def task(d, cancel):
+        _backprop_directions(cache.directions(d), arrays.directions(d), chunks, cancel)
 
-    run_directions(task, *_call_size(n_t, n_ex, cache.w_step.shape))
+    run_directions(task, _work_per_direction(n_t, n_ex, cache.w_step.shape))
     return arrays
 
 
-def _backprop_directions(cache, arrays, chunks):
+def _backprop_directions(cache, arrays, chunks, cancel):
     """Run backward for the directions on the leading axis of ``cache`` and ``arrays`` (1 or 2).
 
     Fills ``arrays.dxs`` and ``arrays.dw_step``, and turns ``arrays.dh`` and
-    ``arrays.dc`` from final-state into initial-state gradients.
+    ``arrays.dc`` from final-state into initial-state gradients.  Returns
+    early, leaving them incomplete, once the event ``cancel`` is set.
     """
     time = cache.time
     gates = cache.gates
@@ -760,6 +756,9 @@ def _backprop_directions(cache, arrays, chunks):
     for start, stop in reversed(chunks):
         coef = coefficients.fill(cache, start, stop)
         for s in reversed(range(start, stop)):
+            if cancel.is_set():
+                return
+
             j = s - start
             dz = dz_chunk[:, :, j]
             dz_blocks = dz_chunk_blocks[:, :, :, j]

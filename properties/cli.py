@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from bilstm._parallel import enabled as parallel_directions_enabled
 from bilstm.merge import MERGE_MODES, canonical_merge_mode
 from bilstm.errors import InvalidArgumentError
 from properties import export, matrix, reports
@@ -255,6 +256,15 @@ def main(argv=None, out=None):
     """Entry point of ``bilstm-verify`` and ``python -m properties``."""
     out = sys.stdout if out is None else out
     args = build_parser().parse_args(argv)
+
+    # An invalid value would otherwise surface inside every reference call,
+    # where it reads as a failure of the implementation under check.
+    try:
+        parallel_directions_enabled()
+    except InvalidArgumentError as exc:
+        print(f"bilstm-verify: error: {exc}", file=sys.stderr)
+        return 2
+
     try:
         return COMMANDS[args.command](args, out)
     except HarnessError as exc:

@@ -31,28 +31,42 @@ def test_main_prints_table_and_faults(bench):
     for dtype in ("float64", "float32"):
         assert re.search(rf"^{dtype}: max \|reference - torch\| over y and dx = ", output, re.M)
         assert re.search(
-            rf"^{dtype}: minor page faults per timed run, median: reference \d+, torch \d+$",
+            rf"^{dtype}: minor page faults per timed run, median: serial \d+, torch \d+$",
             output, re.M,
         )
-        row = re.search(rf"^\| {dtype} \| [\d.]+ \([\d.]+-[\d.]+\) \| [\d.]+ \([\d.]+-[\d.]+\) "
-                        rf"\| [\d.]+ \| <= [\d.]+ \| (yes|no) \|$", output, re.M)
+        row = re.search(rf"^\| {dtype} \| serial \(default\) \| [\d.]+ \([\d.]+-[\d.]+\) "
+                        rf"\| [\d.]+ \([\d.]+-[\d.]+\) \| [\d.]+ \| <= [\d.]+ \| (yes|no) \|$",
+                        output, re.M)
         assert row is not None, output
+        # The tiny case is far below the parallel path's minimum size.
+        assert f"| {dtype} | parallel" not in output
     assert re.search(r"^CPU: \S", output, re.M)
     assert "MALLOC_TRIM_THRESHOLD_=" in output
-    # The tiny case is far below the auto rule's thresholds.
-    assert re.search(r"^reference directions: serial \(BILSTM_PARALLEL_DIRECTIONS=\S+; "
-                     r"[\d,]+ multiply-adds per direction, gate blocks of 6 values\)$",
-                     output, re.M), output
-
-
-@pytest.mark.parametrize(("value", "chosen"), [("1", "parallel"), ("0", "serial")])
-def test_directions_line_follows_the_environment(bench, monkeypatch, value, chosen):
-    monkeypatch.setenv("BILSTM_PARALLEL_DIRECTIONS", value)
-    args = bench.parse_args(TINY)
-    line = bench.directions_line(args)
-    assert line.startswith(f"reference directions: {chosen} (BILSTM_PARALLEL_DIRECTIONS={value}; ")
     # n_t * n_ex * 4H * (n_in + 1 + H) = 3 * 2 * 12 * 6
-    assert "432 multiply-adds per direction" in line
+    assert re.search(r"^reference parallel directions: not timed, because of 432 multiply-adds "
+                     r"per direction, under the minimum of [\d,]+$", output, re.M), output
+
+
+def test_main_times_parallel_path_when_large_enough(bench, monkeypatch):
+    monkeypatch.setattr(bench._parallel, "MIN_PARALLEL_WORK", 1)
+    monkeypatch.setattr(bench._parallel, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(bench._parallel._OPENBLAS, "available", lambda: True)
+    monkeypatch.delenv("BILSTM_PARALLEL_DIRECTIONS", raising=False)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        bench.main(TINY + ["--dtype", "float64"])
+    output = out.getvalue()
+
+    assert re.search(r"^reference parallel directions: timed with BILSTM_PARALLEL_DIRECTIONS=1 "
+                     r"\(432 multiply-adds per direction\)$", output, re.M), output
+    assert re.search(r"^float64: max \|parallel - serial reference\| over y and dx = ",
+                     output, re.M), output
+    assert re.search(r"^float64: minor page faults per timed run, median: serial \d+, "
+                     r"torch \d+, parallel \d+$", output, re.M), output
+    for path in (r"serial \(default\)", r"parallel \(BILSTM_PARALLEL_DIRECTIONS=1\)"):
+        assert re.search(rf"^\| float64 \| {path} \| [\d.]+ ", output, re.M), output
+    # The script restores the caller's setting.
+    assert "BILSTM_PARALLEL_DIRECTIONS" not in bench.os.environ
 
 
 def test_interleaved_timing_counts_faults(bench):

@@ -1,14 +1,19 @@
-"""Parallel directions (bilstm._parallel): same results, the BLAS limit, the auto rule.
+"""Parallel directions (bilstm._parallel): results, the switch, the OpenBLAS limit, errors.
 
-The reference runs its two directions in two threads when
-BILSTM_PARALLEL_DIRECTIONS selects it.  These tests force each mode with the
-environment variable and check that the results do not depend on it, that
-the threads really ran, that the BLAS thread count is held at 1 during a
-parallel run and restored after it (errors and concurrent calls included),
-and which sizes the auto rule sends to each path.
+With BILSTM_PARALLEL_DIRECTIONS=1 the reference runs the two directions of
+large calls in two threads.  These tests lower the size minimum so that
+small cases take that path.  They check that the results match the serial
+loop and that the threads really ran.  They check that numpy's OpenBLAS runs
+on one thread during a parallel run and gets its count back after it: from
+any thread, in any order of overlapping runs, and in a forked child.  And
+they check that an error or an interrupt in either thread comes back
+promptly.
 """
 
+import os
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -18,10 +23,11 @@ import bilstm
 import bilstm.reference
 from bilstm import _parallel
 from bilstm.errors import InvalidArgumentError
+from cli_helpers import run_cli
 
-N_EX, N_IN, H, N_T = 4, 3, 5, 7
-LENGTHS = (7, 0, 1, 4)
-"""A full, an empty, a one-step and a partly padded example."""
+N_EX, N_IN, H = 4, 3, 5
+LENGTHS = {7: (7, 0, 1, 4), 6: (6, 0, 1, 5)}
+"""Per n_t: a full, an empty, a one-step and a partly padded example."""
 
 CANONICAL_MODES = ("concat", "sum", "average", "multiply", None)
 
@@ -30,15 +36,17 @@ TOLERANCES = {
     np.float64: {"rtol": 1e-13, "atol": 1e-14},
     np.complex128: {"rtol": 1e-13, "atol": 1e-14},
 }
-"""A BLAS may sum in another order on fewer threads, so results agree to rounding."""
+"""The two paths agree to rounding, not always bit for bit."""
+
+WORKER = "bilstm-backward-direction"
 
 
-def draw_call(seed, dtype, *, with_states):
-    """Return forward's keyword arguments and backward's upstream arrays, drawn from ``seed``."""
+def draw_call(seed, dtype, n_t, *, with_states):
+    """Return forward's keyword arguments and backward's optional upstream arrays."""
     rng = np.random.default_rng(seed)
     params = bilstm.cast_params(bilstm.init_params(N_IN, H, rng=rng, scale=0.8), dtype)
     state_shape = (2, N_EX, H)
-    inputs = {"x": rng.standard_normal((N_EX, N_IN, N_T)).astype(dtype), "params": params}
+    inputs = {"x": rng.standard_normal((N_EX, N_IN, n_t)).astype(dtype), "params": params}
     upstream = {}
     if with_states:
         inputs["h0"] = (0.5 * rng.standard_normal(state_shape)).astype(dtype)
@@ -60,11 +68,25 @@ def run_both(inputs, upstream, merge_mode, lengths):
 
 
 @pytest.fixture
-def set_mode(monkeypatch):
-    """Return a function that sets BILSTM_PARALLEL_DIRECTIONS for the rest of the test."""
+def set_switch(monkeypatch):
+    """Return a function that sets BILSTM_PARALLEL_DIRECTIONS (None unsets it) for the test."""
     def set_to(value):
-        monkeypatch.setenv(_parallel.ENV_VAR, value)
+        if value is None:
+            monkeypatch.delenv(_parallel.ENV_VAR, raising=False)
+        else:
+            monkeypatch.setenv(_parallel.ENV_VAR, value)
     return set_to
+
+
+@pytest.fixture
+def small_calls_parallel(monkeypatch, set_switch):
+    """Let every call with work take the parallel path when the switch is 1."""
+    monkeypatch.setattr(_parallel, "MIN_PARALLEL_WORK", 1)
+    monkeypatch.setattr(_parallel, "usable_cpus", lambda: 2)
+    # Without a settable OpenBLAS the limit is a no-op, but the threads still run.
+    monkeypatch.setattr(_parallel._OPENBLAS, "available", lambda: True)
+    set_switch("1")
+    return set_switch
 
 
 @pytest.fixture
@@ -85,30 +107,45 @@ def direction_calls(monkeypatch):
     return calls
 
 
-def blas_thread_counts():
-    """Return the thread count of every BLAS library threadpoolctl finds."""
-    return [info["num_threads"] for info in threadpoolctl.threadpool_info()
-            if info["user_api"] == "blas"]
-
-
-needs_blas_control = pytest.mark.skipif(
-    not _parallel._BLAS_LIMIT.available(),
-    reason="threadpoolctl finds no BLAS library whose thread count it can set",
+needs_openblas = pytest.mark.skipif(
+    not _parallel._OPENBLAS.available(),
+    reason="no loaded OpenBLAS (pthreads build) whose thread count can be set",
 )
 
 
-# Results do not depend on the mode.
+@pytest.fixture
+def openblas_at_two():
+    """Set numpy's OpenBLAS to 2 threads for the test, so that a limit of 1 shows."""
+    apis = _parallel._OPENBLAS._apis()
+    saved = [get() for get, _ in apis]
+    for _, set_ in apis:
+        set_(2)
+    yield
+    for (_, set_), count in zip(apis, saved):
+        set_(count)
 
+
+def numpy_blas_threads():
+    """Return numpy's BLAS thread counts as threadpoolctl reads them, independently of bilstm."""
+    return [info["num_threads"] for info in threadpoolctl.threadpool_info()
+            if info["user_api"] == "blas" and info["internal_api"] == "openblas"]
+
+
+# Results do not depend on the path.
+
+@pytest.mark.parametrize("n_t", [7, 6], ids=["odd-n_t", "even-n_t"])
 @pytest.mark.parametrize("with_states", [False, True], ids=["zero-states", "given-states"])
-@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
+@pytest.mark.parametrize("use_lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128],
                          ids=["float32", "float64", "complex128"])
 @pytest.mark.parametrize("merge_mode", CANONICAL_MODES, ids=repr)
-def test_parallel_matches_serial(set_mode, merge_mode, dtype, lengths, with_states):
-    inputs, upstream = draw_call(7, dtype, with_states=with_states)
-    set_mode("0")
+def test_parallel_matches_serial(small_calls_parallel, merge_mode, dtype, use_lengths,
+                                 with_states, n_t):
+    lengths = LENGTHS[n_t] if use_lengths else None
+    inputs, upstream = draw_call(7, dtype, n_t, with_states=with_states)
+    small_calls_parallel("0")
     serial = run_both(inputs, upstream, merge_mode, lengths)
-    set_mode("1")
+    small_calls_parallel("1")
     parallel = run_both(inputs, upstream, merge_mode, lengths)
 
     for name, expected in serial.items():
@@ -116,35 +153,35 @@ def test_parallel_matches_serial(set_mode, merge_mode, dtype, lengths, with_stat
         np.testing.assert_allclose(parallel[name], expected, err_msg=name, **TOLERANCES[dtype])
 
 
-def test_parallel_matches_serial_with_several_chunks(set_mode, monkeypatch):
+def test_parallel_matches_serial_with_several_chunks(small_calls_parallel, monkeypatch):
     # One step per backward chunk, so each thread walks several chunks.
     monkeypatch.setattr(bilstm.reference, "_CHUNK_BYTES", 1)
-    inputs, upstream = draw_call(8, np.float64, with_states=True)
-    set_mode("0")
-    serial = run_both(inputs, upstream, "multiply", LENGTHS)
-    set_mode("1")
-    parallel = run_both(inputs, upstream, "multiply", LENGTHS)
+    inputs, upstream = draw_call(8, np.float64, 7, with_states=True)
+    small_calls_parallel("0")
+    serial = run_both(inputs, upstream, "multiply", LENGTHS[7])
+    small_calls_parallel("1")
+    parallel = run_both(inputs, upstream, "multiply", LENGTHS[7])
 
     for name, expected in serial.items():
         np.testing.assert_allclose(parallel[name], expected, err_msg=name, **TOLERANCES[np.float64])
 
 
-# The mode decides which path runs.
+# The switch decides which path runs.
 
-def test_forced_parallel_runs_one_direction_per_thread(set_mode, direction_calls):
-    set_mode("1")
-    inputs, upstream = draw_call(9, np.float64, with_states=False)
+def test_switch_on_runs_one_direction_per_thread(small_calls_parallel, direction_calls):
+    inputs, upstream = draw_call(9, np.float64, 7, with_states=False)
     run_both(inputs, upstream, "concat", None)
 
     main = threading.current_thread().name
     for name in ("forward", "backward"):
-        assert sorted(direction_calls[name]) == sorted(
-            [(main, 1), ("bilstm-backward-direction", 1)]), name
+        assert sorted(direction_calls[name]) == sorted([(main, 1), (WORKER, 1)]), name
 
 
-def test_serial_mode_runs_both_directions_in_the_calling_thread(set_mode, direction_calls):
-    set_mode("0")
-    inputs, upstream = draw_call(10, np.float64, with_states=False)
+@pytest.mark.parametrize("value", [None, "", "0"], ids=["unset", "empty", "zero"])
+def test_switch_off_runs_both_directions_in_calling_thread(small_calls_parallel,
+                                                             direction_calls, value):
+    small_calls_parallel(value)
+    inputs, upstream = draw_call(10, np.float64, 7, with_states=False)
     run_both(inputs, upstream, "concat", None)
 
     main = threading.current_thread().name
@@ -152,8 +189,7 @@ def test_serial_mode_runs_both_directions_in_the_calling_thread(set_mode, direct
 
 
 @pytest.mark.parametrize("n_t, n_ex", [(0, 3), (4, 0)], ids=["no-steps", "empty-batch"])
-def test_forced_parallel_stays_serial_without_work(set_mode, direction_calls, n_t, n_ex):
-    set_mode("1")
+def test_calls_without_work_stay_serial(small_calls_parallel, direction_calls, n_t, n_ex):
     params = bilstm.init_params(N_IN, H, rng=np.random.default_rng(11))
     result = bilstm.forward(np.zeros((n_ex, N_IN, n_t)), params)
     bilstm.backward(result, np.zeros_like(result.y))
@@ -162,132 +198,318 @@ def test_forced_parallel_stays_serial_without_work(set_mode, direction_calls, n_
     assert [n_dir for _, n_dir in direction_calls["backward"]] == [2]
 
 
-@pytest.mark.parametrize("value", ["auto", "AUTO", " 1 ", "0"])
-def test_mode_accepts_valid_values(set_mode, value):
-    set_mode(value)
-    assert _parallel.mode() == value.strip().lower()
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, False), ("", False), ("0", False), (" 0 ", False), ("1", True), (" 1 ", True),
+])
+def test_switch_values(set_switch, value, expected):
+    set_switch(value)
+    assert _parallel.enabled() is expected
 
 
-def test_mode_defaults_to_auto(monkeypatch):
-    monkeypatch.delenv(_parallel.ENV_VAR, raising=False)
-    assert _parallel.mode() == "auto"
-
-
-@pytest.mark.parametrize("value", ["yes", "2", "", "true"])
-def test_invalid_mode_names_the_variable_and_the_fix(set_mode, value):
-    set_mode(value)
-    inputs, _ = draw_call(12, np.float64, with_states=False)
+@pytest.mark.parametrize("value", ["yes", "2", "true", "auto", "on"])
+def test_invalid_switch_names_variable_and_fix(set_switch, value):
+    set_switch(value)
+    inputs, _ = draw_call(12, np.float64, 3, with_states=False)
     with pytest.raises(InvalidArgumentError) as raised:
         bilstm.forward(**inputs)
 
     message = str(raised.value)
     assert f"{_parallel.ENV_VAR} is {value!r}" in message
-    assert "one of auto, 1, 0" in message
-    assert "unset it" in message
+    assert "it must be 1 (run large calls' directions in parallel) or 0 (never)" in message
+    assert "unset it for the default, 0" in message
 
 
-BENCHMARK_SIZE = bilstm.reference._call_size(100, 32, (2, 4 * 128, 64 + 1 + 128))
+def test_cli_rejects_invalid_switch_before_running(set_switch, capsys):
+    set_switch("yes")
+    status, output = run_cli("check", "--property", "single_step")
+
+    assert status == 2
+    assert output == ""
+    assert "BILSTM_PARALLEL_DIRECTIONS is 'yes'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("cpus", "work", "block", "expected"), [
-    (2, *BENCHMARK_SIZE, True),
-    (3, *BENCHMARK_SIZE, True),
-    (1, *BENCHMARK_SIZE, False),
-    (4, *BENCHMARK_SIZE, False),
-    (2, _parallel.MIN_PARALLEL_WORK - 1, 4096, False),
-    (2, _parallel.MIN_PARALLEL_WORK, 4096, True),
-    (2, 10 ** 9, _parallel.MIN_PARALLEL_BLOCK - 1, False),
-    (2, 10 ** 9, _parallel.MIN_PARALLEL_BLOCK, True),
+BENCHMARK_WORK = bilstm.reference._work_per_direction(100, 32, (2, 4 * 128, 64 + 1 + 128))
+
+
+def test_benchmark_size_is_above_minimum():
+    assert BENCHMARK_WORK == 100 * 32 * 512 * 193
+    assert BENCHMARK_WORK >= _parallel.MIN_PARALLEL_WORK
+
+
+@pytest.mark.parametrize(("switch", "cpus", "work", "available", "expected"), [
+    ("1", 2, BENCHMARK_WORK, True, True),
+    ("1", 16, BENCHMARK_WORK, True, True),
+    ("0", 2, BENCHMARK_WORK, True, False),
+    (None, 2, BENCHMARK_WORK, True, False),
+    ("1", 1, BENCHMARK_WORK, True, False),
+    ("1", 2, BENCHMARK_WORK, False, False),
+    ("1", 2, _parallel.MIN_PARALLEL_WORK - 1, True, False),
+    ("1", 2, _parallel.MIN_PARALLEL_WORK, True, True),
+    ("1", 2, 0, True, False),
 ])
-def test_auto_rule(set_mode, monkeypatch, cpus, work, block, expected):
-    set_mode("auto")
+def test_parallel_rule(set_switch, monkeypatch, switch, cpus, work, available, expected):
+    set_switch(switch)
     monkeypatch.setattr(_parallel, "usable_cpus", lambda: cpus)
-    monkeypatch.setattr(_parallel._BLAS_LIMIT, "available", lambda: True)
-    assert _parallel.in_parallel(work, block) is expected
+    monkeypatch.setattr(_parallel._OPENBLAS, "available", lambda: available)
+    assert _parallel.in_parallel(work) is expected
 
 
-def test_auto_rule_stays_serial_when_the_blas_cannot_be_limited(set_mode, monkeypatch):
-    set_mode("auto")
-    monkeypatch.setattr(_parallel, "usable_cpus", lambda: 2)
-    monkeypatch.setattr(_parallel._BLAS_LIMIT, "available", lambda: False)
-    assert not _parallel.in_parallel(*BENCHMARK_SIZE)
+def test_serial_reasons_name_every_unmet_condition(monkeypatch):
+    monkeypatch.setattr(_parallel, "usable_cpus", lambda: 1)
+    monkeypatch.setattr(_parallel._OPENBLAS, "available", lambda: False)
+
+    assert _parallel.serial_reasons(1000) == [
+        f"1,000 multiply-adds per direction, under the minimum of "
+        f"{_parallel.MIN_PARALLEL_WORK:,}",
+        "only 1 usable CPU",
+        "no loaded OpenBLAS (pthreads build) whose thread count can be set",
+    ]
+    assert _parallel.serial_reasons(0)[0] == "no work (no time steps or no examples)"
 
 
-def test_benchmark_size_is_above_both_thresholds():
-    work, block = BENCHMARK_SIZE
-    assert work == 100 * 32 * 512 * 193
-    assert block == 128 * 32
-    assert work >= _parallel.MIN_PARALLEL_WORK and block >= _parallel.MIN_PARALLEL_BLOCK
+# The OpenBLAS limit.
+
+def record_counts(seen):
+    """Return a task that records numpy's BLAS thread counts from inside each thread."""
+    def task(d, cancel):
+        seen.append(numpy_blas_threads())
+    return task
 
 
-# The BLAS limit.
-
-@needs_blas_control
-def test_blas_held_at_one_thread_during_a_parallel_run_and_restored(set_mode):
-    set_mode("1")
+@needs_openblas
+def test_openblas_at_one_thread_during_run_and_restored(small_calls_parallel, openblas_at_two):
     seen = []
-
-    def task(d):
-        seen.append(blas_thread_counts())
-
-    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
-        before = blas_thread_counts()
-        _parallel.run_directions(task, 1, 1)
-        after = blas_thread_counts()
+    assert set(numpy_blas_threads()) == {2}
+    _parallel.run_directions(record_counts(seen), 1)
 
     assert len(seen) == 2
     assert all(counts and set(counts) == {1} for counts in seen)
-    assert set(before) == {2}
-    assert after == before
+    assert set(numpy_blas_threads()) == {2}
 
 
-@needs_blas_control
-@pytest.mark.parametrize("failing", [slice(0, 1), slice(1, 2)], ids=["calling-thread", "worker"])
-def test_task_error_propagates_and_blas_is_restored(set_mode, failing):
-    set_mode("1")
+@needs_openblas
+def test_openblas_limit_works_from_non_main_thread(small_calls_parallel, openblas_at_two):
+    seen, errors = [], []
+
+    def call():
+        try:
+            _parallel.run_directions(record_counts(seen), 1)
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join()
+
+    assert errors == []
+    assert len(seen) == 2
+    assert all(set(counts) == {1} for counts in seen)
+    assert set(numpy_blas_threads()) == {2}
+
+
+@needs_openblas
+@pytest.mark.parametrize("first_to_leave", ["first-in", "last-in"])
+def test_overlapping_runs_restore_only_when_last_leaves(openblas_at_two, first_to_leave):
+    limit = _parallel._OPENBLAS
+    entered = [threading.Event(), threading.Event()]
+    leave = [threading.Event(), threading.Event()]
+    left = [threading.Event(), threading.Event()]
+
+    def run(k):
+        with limit:
+            entered[k].set()
+            leave[k].wait(timeout=10)
+        left[k].set()
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    threads[0].start()
+    assert entered[0].wait(timeout=10)
+    threads[1].start()
+    assert entered[1].wait(timeout=10)
+    assert set(numpy_blas_threads()) == {1}
+
+    order = [0, 1] if first_to_leave == "first-in" else [1, 0]
+    leave[order[0]].set()
+    assert left[order[0]].wait(timeout=10)
+    assert set(numpy_blas_threads()) == {1}, "restored while a run was still active"
+
+    leave[order[1]].set()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert set(numpy_blas_threads()) == {2}
+
+
+@needs_openblas
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_forked_child_gets_counts_back(openblas_at_two):
+    read_end, write_end = os.pipe()
+    with _parallel._OPENBLAS:
+        assert set(numpy_blas_threads()) == {1}
+        pid = os.fork()
+        if pid == 0:
+            # Child: report the counts and the number of active runs, then leave at once.
+            counts = ",".join(str(count) for count in _parallel._OPENBLAS.thread_counts())
+            report = f"{counts} {_parallel._OPENBLAS._active}"
+            os.write(write_end, report.encode())
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    report = os.read(read_end, 1000).decode()
+    os.close(read_end)
+
+    counts, active = report.split(" ")
+    assert set(counts.split(",")) == {"2"}
+    assert active == "0"
+    assert set(numpy_blas_threads()) == {2}
+
+
+# Errors and interrupts.
+
+def wait_for_cancel(ran):
+    """Return a task whose worker direction runs until it is cancelled."""
+    def task(d, cancel):
+        ran.append(d.start)
+        if d.start == 1:
+            assert cancel.wait(timeout=10), "never cancelled"
+    return task
+
+
+def test_calling_thread_error_cancels_worker(small_calls_parallel):
     ran = []
+    inner = wait_for_cancel(ran)
 
-    def task(d):
-        ran.append(d)
-        if d == failing:
-            raise ZeroDivisionError(f"planted in direction {d.start}")
+    def task(d, cancel):
+        inner(d, cancel)
+        if d.start == 0:
+            raise ZeroDivisionError("planted in the calling thread")
 
-    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
-        with pytest.raises(ZeroDivisionError, match=f"planted in direction {failing.start}"):
-            _parallel.run_directions(task, 1, 1)
-        assert set(blas_thread_counts()) == {2}
+    started = time.perf_counter()
+    with pytest.raises(ZeroDivisionError, match="planted in the calling thread"):
+        _parallel.run_directions(task, 1)
 
-    # The other direction still ran to its end before the error came back.
-    assert sorted(d.start for d in ran) == [0, 1]
+    assert sorted(ran) == [0, 1]
+    assert time.perf_counter() - started < 5
 
 
-@needs_blas_control
-def test_concurrent_calls_give_serial_results_and_restore_blas(set_mode):
-    calls = [draw_call(seed, np.float64, with_states=True) for seed in range(20, 24)]
-    set_mode("0")
-    expected = [run_both(inputs, upstream, "sum", LENGTHS) for inputs, upstream in calls]
+def test_worker_error_cancels_calling_thread(small_calls_parallel):
+    def task(d, cancel):
+        if d.start == 1:
+            raise ZeroDivisionError("planted in the worker")
+        assert cancel.wait(timeout=10), "never cancelled"
 
-    set_mode("1")
+    started = time.perf_counter()
+    with pytest.raises(ZeroDivisionError, match="planted in the worker"):
+        _parallel.run_directions(task, 1)
+    assert time.perf_counter() - started < 5
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes need Python 3.11")
+def test_both_errors_reported(small_calls_parallel):
+    both_failing = threading.Barrier(2)
+
+    def task(d, cancel):
+        both_failing.wait(timeout=10)
+        if d.start == 0:
+            raise ValueError("calling thread")
+        raise MemoryError("worker")
+
+    with pytest.raises(ValueError, match="calling thread") as raised:
+        _parallel.run_directions(task, 1)
+    assert raised.value.__notes__ == [
+        "the backward direction's thread also raised MemoryError: worker"]
+
+
+@needs_openblas
+def test_openblas_restored_after_error(small_calls_parallel, openblas_at_two):
+    def task(d, cancel):
+        raise ZeroDivisionError(f"planted in direction {d.start}")
+
+    with pytest.raises(ZeroDivisionError):
+        _parallel.run_directions(task, 1)
+    assert set(numpy_blas_threads()) == {2}
+
+
+class InterruptedOnce:
+    """A stand-in for a thread whose first join() is interrupted, like Ctrl-C during the wait."""
+
+    def __init__(self):
+        self.joins = 0
+
+    def join(self):
+        self.joins += 1
+        if self.joins == 1:
+            raise KeyboardInterrupt
+
+
+def test_join_waits_through_interrupt_then_reraises():
+    worker = InterruptedOnce()
+    with pytest.raises(KeyboardInterrupt):
+        _parallel._join(worker)
+    assert worker.joins == 2
+
+
+def test_concurrent_calls_match_serial_results(small_calls_parallel):
+    calls = [draw_call(seed, np.float64, 7, with_states=True) for seed in range(20, 24)]
+    small_calls_parallel("0")
+    expected = [run_both(inputs, upstream, "sum", LENGTHS[7]) for inputs, upstream in calls]
+
+    small_calls_parallel("1")
     results = [None] * len(calls)
     errors = []
 
     def worker(k):
         try:
             for _ in range(5):
-                results[k] = run_both(*calls[k], "sum", LENGTHS)
+                results[k] = run_both(*calls[k], "sum", LENGTHS[7])
         except BaseException as error:  # reported by the assertion below
             errors.append(error)
 
-    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(calls))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert set(blas_thread_counts()) == {2}
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
     assert errors == []
     for k, serial in enumerate(expected):
         for name, array in serial.items():
             np.testing.assert_allclose(results[k][name], array, err_msg=f"call {k}: {name}",
                                        **TOLERANCES[np.float64])
+
+
+def fail_in_worker(original, calls):
+    """Wrap ``original`` so that it raises in the worker thread and counts calls in the other."""
+    def wrapper(*args, **kwargs):
+        if threading.current_thread().name == WORKER:
+            raise ZeroDivisionError("planted in the worker's first step")
+        calls.append(1)
+        return original(*args, **kwargs)
+    return wrapper
+
+
+def test_forward_loop_stops_when_worker_fails(small_calls_parallel, monkeypatch):
+    n_t = 2000
+    calls = []
+    monkeypatch.setattr(bilstm.reference, "_activate_inplace",
+                        fail_in_worker(bilstm.reference._activate_inplace, calls))
+    inputs, _ = draw_call(30, np.float64, n_t, with_states=False)
+
+    with pytest.raises(ZeroDivisionError, match="planted in the worker"):
+        bilstm.forward(**inputs)
+    # The calling thread checks for cancellation at every step.
+    assert len(calls) < n_t
+
+
+def test_backward_loop_stops_when_worker_fails(small_calls_parallel, monkeypatch):
+    n_t = 2000
+    inputs, _ = draw_call(31, np.float64, n_t, with_states=False)
+    result = bilstm.forward(**inputs)
+    calls = []
+    # One step per chunk, so every step forms its factors once.
+    monkeypatch.setattr(bilstm.reference, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(bilstm.reference._Coefficients, "fill",
+                        fail_in_worker(bilstm.reference._Coefficients.fill, calls))
+
+    with pytest.raises(ZeroDivisionError, match="planted in the worker"):
+        bilstm.backward(result, np.ones_like(result.y))
+    assert len(calls) < n_t
