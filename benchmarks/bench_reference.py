@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bilstm import backward, forward  # noqa: E402
 from bilstm import _parallel  # noqa: E402
-from bilstm.reference import _work_per_direction  # noqa: E402
+from bilstm.reference import _call_size  # noqa: E402
 from machine_info import cpu_model  # noqa: E402
 
 TARGET_RATIOS = {"float64": 1.0, "float32": 1.5}
@@ -233,8 +233,8 @@ def make_case(args, dtype_name):
 def parallel_directions_line(args):
     """Return whether the reference's parallel path runs for this case, and a line that gives the reason."""
     step_weights_shape = (2, 4 * args.hidden, args.n_in + 1 + args.hidden)
-    work = _work_per_direction(args.n_t, args.n_ex, step_weights_shape)
-    reasons = _parallel.serial_reasons(work)
+    work, block = _call_size(args.n_t, args.n_ex, step_weights_shape)
+    reasons = _parallel.serial_reasons(work, block)
     if reasons:
         return False, f"reference parallel directions: not timed, because of {'; '.join(reasons)}"
     return True, (f"reference parallel directions: timed with {_parallel.ENV_VAR}=1 "

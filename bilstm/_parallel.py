@@ -8,32 +8,33 @@ cores at once.
 
 Set the environment variable ``BILSTM_PARALLEL_DIRECTIONS=1`` to turn this
 on; unset, empty or ``0`` keeps the serial loop.  Even when it is on, a call
-stays serial unless it has at least :data:`MIN_PARALLEL_WORK` multiply-adds
-per direction, the process may use 2 or more CPUs, and the thread count of
-numpy's OpenBLAS can be set (see below).  Results agree with the serial loop
-to rounding, but need not be bit-identical.
+stays serial unless it is large enough (:data:`MIN_PARALLEL_WORK` and
+:data:`MIN_PARALLEL_BLOCK`), the process may use 2 or more CPUs, and numpy's
+BLAS is an OpenBLAS whose thread count can be set (see below).  Results
+agree with the serial loop to rounding, but need not be bit-identical.
 
 Costs, measured on a 2-CPU machine (AMD EPYC, numpy 2.4.6 with OpenBLAS
-0.3.31), which is why this is not the default:
+0.3.31, 2026-12-05), which is why this is not the default:
 
-- A multithreaded BLAS called from two threads at once slows down (two
-  256 x 256 float64 products took 7.3 ms this way, against 1 ms one after
-  the other).  So while directions run in parallel, the OpenBLAS libraries
-  of the process run on one thread.  That setting is process-wide: BLAS
-  calls made by other threads at the same time run on one thread too.
-  OpenBLAS has no per-thread setting: ``openblas_set_num_threads_local(1)``
-  called in one thread also set the main thread's count to 1.
+- A multithreaded BLAS called from two threads at once slows down: without
+  a limit, forward at the benchmark size took 16-19 ms in two threads
+  against 15 ms serially.  So while directions run in parallel, numpy's
+  OpenBLAS runs on one thread.  That setting is process-wide: BLAS calls
+  made by other threads at the same time run on one thread too.  OpenBLAS
+  has no per-thread setting: ``openblas_set_num_threads_local(1)`` called in
+  one thread also set the main thread's count to 1.
 - After a multithreaded BLAS call, one OpenBLAS worker thread kept a core
   busy for about 0.1 s, with or without a lower thread count.  A parallel
   call in that time competes with it for the cores.  In a loop that ran the
   reference, a numpy dense layer and the reference's backward, one after
-  the other, parallel directions were 5-35% slower than the serial loop.
-  Back-to-back reference calls, as in ``benchmarks/bench_reference.py``,
-  were 0.75-0.92x the serial time.
+  the other, parallel directions were 11-35% slower than the serial loop.
+  In ``benchmarks/bench_reference.py``, which pauses 0.3 s before each
+  call, they took 0.66-0.86x the serial time.
 """
 
 import os
 import threading
+import warnings
 
 from bilstm.errors import InvalidArgumentError
 
@@ -43,18 +44,41 @@ ENV_VAR = "BILSTM_PARALLEL_DIRECTIONS"
 MIN_PARALLEL_WORK = 50_000_000
 """Multiply-adds of one direction's step products below which a call stays serial.
 
-A parallel call costs about 0.3 ms more at the start, and now and then one
-thread waits up to 5 ms (Python's switch interval) for the GIL.  On the
-2-CPU machine, float32 calls of 1 to 25 million multiply-adds were 1.5-2x
-slower in parallel, and calls from 50 million on were 0.75-0.98x the serial
-time.  The benchmark case (n_ex=32, n_t=100, n_in=64, H=128) has 316
-million."""
+A parallel call costs about 0.1-0.3 ms more at the start, and now and then
+one thread waits up to 5 ms (Python's switch interval) for the GIL.  On the
+2-CPU machine, float32 calls of 5 to 25 million multiply-adds took 1.5-1.9x
+the serial time in parallel, and calls of 50 to 316 million (the benchmark
+case, n_ex=32, n_t=100, n_in=64, H=128) with gate blocks of at least 2048
+values took 0.75-0.98x.  float64 calls gained from about 5 million on."""
+
+MIN_PARALLEL_BLOCK = 2048
+"""Values in one gate block of one step, H * n_ex, below which a call stays serial.
+
+Each array operation on a small block hands the GIL between the threads for
+little work.  Calls of 75 to 132 million multiply-adds with blocks of 64 to
+128 values took 1.2-1.7x the serial time in parallel."""
+
+# NOTE: every figure here is from one 2-CPU machine.  With more CPUs a serial
+# loop can give each product several BLAS threads, while parallel directions
+# hold the BLAS to one.  Which is faster there was not measured.
 
 BOTH = slice(None)
 """The slice of the direction axis that :func:`run_directions` passes for a serial run."""
 
-_NEVER_CANCELLED = threading.Event()
-"""The ``cancel`` event of serial runs, never set; shared because creating one costs microseconds."""
+
+class _NeverCancelled:
+    """The ``cancel`` argument of serial runs: never set, and shared by all of them."""
+
+    @staticmethod
+    def is_set():
+        return False
+
+    @staticmethod
+    def set():
+        raise RuntimeError("internal error: a serial run's cancel flag cannot be set")
+
+
+_NEVER_CANCELLED = _NeverCancelled()
 
 _OFF_VALUES = ("", "0")
 _ON_VALUES = ("1",)
@@ -109,17 +133,29 @@ def _openblas_thread_api(filepath):
     return None
 
 
+def _numpy_blas_is_openblas():
+    """Return whether numpy was built against an OpenBLAS; None where its build information is missing."""
+    import numpy
+
+    try:
+        name = numpy.__config__.CONFIG["Build Dependencies"]["blas"]["name"]
+    except (AttributeError, KeyError, TypeError):
+        return None
+    return "openblas" in str(name).lower()
+
+
 class _OpenBLASThreads:
     """Hold the process's OpenBLAS libraries at one thread while any parallel run is active.
 
     The first run to enter saves each library's thread count and sets it to
-    1; the last to leave, from whichever thread, restores the saved counts.
-    Only OpenBLAS builds with the pthreads threading layer are handled,
-    through their own C API.  threadpoolctl lists the loaded libraries, but
-    its own setter is not used.  In threadpoolctl 3.8.0 that setter silently
-    ignores every thread but the first one that set a count (3.5.0 did not),
-    and the last run to leave may be on another thread than the first to
-    enter.
+    1; the last to leave, from whichever thread, restores the saved counts,
+    so counts that other code sets in between are overwritten.  The libraries
+    are the pthreads builds of OpenBLAS loaded at the first use, numpy's
+    among them; ones loaded later are not limited.  They are set through their
+    own C API.  threadpoolctl lists them, but its own setter is not used.  In
+    threadpoolctl 3.8.0 that setter silently ignores every thread but the
+    first one that set a count (3.5.0 did not), and the last run to leave may
+    be on another thread than the first to enter.
     """
 
     def __init__(self):
@@ -127,13 +163,23 @@ class _OpenBLASThreads:
         self._active = 0
         self._saved = None
         self._libraries = None
+        self.filepaths = []
+        """Paths of the handled libraries, filled at the first use."""
         if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._reset_in_child)
+            # Holding the lock across fork() keeps a run that is entering or
+            # leaving from being cut in half in the child.
+            os.register_at_fork(
+                before=lambda: self._lock.acquire(),
+                after_in_parent=lambda: self._lock.release(),
+                after_in_child=self._reset_in_child,
+            )
 
     def _apis(self):
-        """Return the (get, set) pairs of the loaded OpenBLAS libraries; empty if none is usable."""
+        """Return the (get, set) pairs of the handled libraries; empty if numpy's BLAS is not one."""
         if self._libraries is None:
             self._libraries = []
+            if _numpy_blas_is_openblas() is False:
+                return self._libraries
             try:
                 import threadpoolctl
             except ImportError:
@@ -146,10 +192,11 @@ class _OpenBLASThreads:
                 api = _openblas_thread_api(info["filepath"])
                 if api is not None:
                     self._libraries.append(api)
+                    self.filepaths.append(info["filepath"])
         return self._libraries
 
     def available(self):
-        """Return whether a loaded OpenBLAS library's thread count can be set."""
+        """Return whether numpy's BLAS is an OpenBLAS and a loaded one's thread count can be set."""
         with self._lock:
             return bool(self._apis())
 
@@ -158,6 +205,9 @@ class _OpenBLASThreads:
         with self._lock:
             return [get() for get, _ in self._apis()]
 
+    # NOTE: an interrupt (KeyboardInterrupt, SIGALRM) raised between the
+    # thread-count calls and the update of _active below can leave the
+    # counts at 1 for the rest of the process.  Python cannot defer it there.
     def __enter__(self):
         with self._lock:
             if self._active == 0:
@@ -180,7 +230,8 @@ class _OpenBLASThreads:
 
     def _reset_in_child(self):
         # The child has only the forking thread, so no parallel run can end
-        # there to restore the counts: restore them now.
+        # there to restore the counts: restore them now.  The lock was held
+        # across fork(), and the child gets a fresh one.
         self._lock = threading.Lock()
         if self._active:
             self._active = 0
@@ -190,13 +241,15 @@ class _OpenBLASThreads:
 _OPENBLAS = _OpenBLASThreads()
 
 
-def serial_reasons(work):
+def serial_reasons(work, block):
     """Return why a call would stay serial with :data:`ENV_VAR` set to 1; empty if it would not.
 
     Parameters
     ----------
     work : int
         Multiply-adds of one direction's step products over all steps.
+    block : int
+        Values in one gate block of one step, H * n_ex.
 
     Returns
     -------
@@ -209,36 +262,48 @@ def serial_reasons(work):
     elif work < MIN_PARALLEL_WORK:
         reasons.append(f"{work:,} multiply-adds per direction, under the minimum of "
                        f"{MIN_PARALLEL_WORK:,}")
+    if 0 < block < MIN_PARALLEL_BLOCK:
+        reasons.append(f"gate blocks of {block:,} values, under the minimum of "
+                       f"{MIN_PARALLEL_BLOCK:,}")
     if usable_cpus() < 2:
         reasons.append("only 1 usable CPU")
     if not _OPENBLAS.available():
-        reasons.append("no loaded OpenBLAS (pthreads build) whose thread count can be set")
+        reasons.append("numpy's BLAS is not an OpenBLAS (pthreads build) whose thread "
+                       "count can be set")
     return reasons
 
 
-def in_parallel(work):
-    """Return whether a call of ``work`` multiply-adds per direction runs its directions in parallel."""
-    return enabled() and not serial_reasons(work)
+def in_parallel(work, block):
+    """Return whether a call runs its directions in parallel (sizes as in :func:`serial_reasons`)."""
+    return enabled() and not serial_reasons(work, block)
 
 
-def _join(worker):
-    """Wait for ``worker`` to end, even through KeyboardInterrupt; then re-raise the first interrupt.
+def _wait_for(done, cancel):
+    """Wait until the event ``done`` is set, through any further interrupt.
 
-    The OpenBLAS limit must outlive the worker, and the worker ends within
-    one time step once ``cancel`` is set.
+    The caller is already raising an exception, so interrupts that arrive
+    here are dropped.  Each one sets ``cancel`` again, and the worker ends
+    within one time step of that.  The OpenBLAS limit must outlive it.
     """
-    interrupt = None
     while True:
         try:
-            worker.join()
-            break
-        except BaseException as error:  # re-raised below, once the worker has ended
-            interrupt = interrupt or error
-    if interrupt is not None:
-        raise interrupt
+            done.wait()
+            return
+        except BaseException:  # dropped: the caller raises the first exception
+            cancel.set()
 
 
-def run_directions(task, work):
+def _report_other_error(error, other):
+    """Attach the worker's exception ``other`` to ``error``, which is being raised."""
+    message = f"the backward direction's thread also raised {type(other).__name__}: {other}"
+    if hasattr(error, "add_note"):
+        error.add_note(message)
+    else:
+        # Python 3.10 has no exception notes.
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def run_directions(task, work, block):
     """Run ``task`` over both directions, in one call or in two parallel ones.
 
     Parameters
@@ -246,25 +311,28 @@ def run_directions(task, work):
     task : callable
         Called as ``task(d, cancel)``.  ``d`` is a slice of the leading
         direction axis: :data:`BOTH` for both directions at once, or
-        ``slice(0, 1)`` and ``slice(1, 2)`` for one each.  ``cancel`` is a
-        :class:`threading.Event` that is set when the other thread failed;
-        the task should check it once per time step and return early.  The
-        task writes its results into views of preallocated arrays, and its
-        return value is ignored.
-    work : int
-        Multiply-adds of one direction's step products, for :func:`in_parallel`.
+        ``slice(0, 1)`` and ``slice(1, 2)`` for one each.  ``cancel`` has an
+        ``is_set()`` method that turns true when the other thread failed or
+        the calling thread was interrupted.  The task should check it once
+        per time step and return early.  The task writes its results into
+        views of preallocated arrays, and its return value is ignored.
+    work, block : int
+        Size of the call, for :func:`in_parallel`.
 
     Raises
     ------
     BaseException
-        Whatever ``task`` raised, in either thread.  When both raise, the
-        calling thread's exception is raised, with a note on the other.
+        Whatever ``task`` raised, in either thread, or an interrupt of the
+        calling thread.  When both threads raise, the calling thread's
+        exception is raised, with a note on the other (a RuntimeWarning on
+        Python 3.10).
     """
-    if not in_parallel(work):
+    if not in_parallel(work, block):
         task(BOTH, _NEVER_CANCELLED)
         return
 
     cancel = threading.Event()
+    done = threading.Event()
     worker_errors = []
 
     def backward_direction():
@@ -273,22 +341,25 @@ def run_directions(task, work):
         except BaseException as error:  # re-raised in the calling thread below
             worker_errors.append(error)
             cancel.set()
+        finally:
+            done.set()
 
     worker = threading.Thread(target=backward_direction, name="bilstm-backward-direction")
     with _OPENBLAS:
         try:
             worker.start()
             task(slice(0, 1), cancel)
+            # An event, not Thread.join: an interrupted join can mark a
+            # running thread as ended (seen on Python 3.10 to 3.12).
+            done.wait()
         except BaseException as error:
             cancel.set()
             if worker.ident is not None:
-                _join(worker)
-            if worker_errors and hasattr(error, "add_note"):
-                other = worker_errors[0]
-                error.add_note(f"the backward direction's thread also raised "
-                               f"{type(other).__name__}: {other}")
+                _wait_for(done, cancel)
+            if worker_errors:
+                _report_other_error(error, worker_errors[0])
             raise
-        _join(worker)
+    worker.join()
 
     if worker_errors:
         raise worker_errors[0]

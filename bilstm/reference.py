@@ -349,7 +349,7 @@ def _recur(xh, w_step, c0, time, c, gates):
     def task(d, cancel):
         _recur_directions(xh[d], w_halved[d], time, c[d], gates[d], n_in, cancel)
 
-    run_directions(task, _work_per_direction(gates.shape[1], xh.shape[-1], w_step.shape))
+    run_directions(task, *_call_size(gates.shape[1], xh.shape[-1], w_step.shape))
 
 
 def _recur_directions(xh, w_halved, time, c, gates, n_in, cancel):
@@ -390,9 +390,19 @@ def _recur_directions(xh, w_halved, time, c, gates, n_in, cancel):
             np.copyto(hs[:, :, s + 1], hs[:, :, s], where=padded)
 
 
-def _work_per_direction(n_t, n_ex, w_step_shape):
-    """Return the multiply-adds of one direction's step products, (4H, n_in + 1 + H) by (n_in + 1 + H, n_ex) per step."""
-    return n_t * n_ex * w_step_shape[1] * w_step_shape[2]
+def _call_size(n_t, n_ex, w_step_shape):
+    """Return the size measures of :func:`bilstm._parallel.in_parallel`.
+
+    Returns
+    -------
+    work : int
+        Multiply-adds of one direction's step products, (4H, n_in + 1 + H)
+        by (n_in + 1 + H, n_ex) per step.
+    block : int
+        Values in one gate block of one step, H * n_ex.
+    """
+    gate_width, step_inputs = w_step_shape[1:]
+    return n_t * n_ex * gate_width * step_inputs, gate_width // 4 * n_ex
 
 
 def _merged_output(hs, merge_mode, time):
@@ -722,7 +732,7 @@ def _backprop_through_time(result, dy, dh_n, dc_n):
     def task(d, cancel):
         _backprop_directions(cache.directions(d), arrays.directions(d), chunks, cancel)
 
-    run_directions(task, _work_per_direction(n_t, n_ex, cache.w_step.shape))
+    run_directions(task, *_call_size(n_t, n_ex, cache.w_step.shape))
     return arrays
 
 

@@ -40,6 +40,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bilstm._parallel import enabled as parallel_directions_enabled
+from bilstm.errors import InvalidArgumentError
 from bilstm.merge import MERGE_MODES
 from properties.adapters import load_implementation
 from properties.catalog import Subject, new_rng, not_applicable_reason
@@ -116,6 +118,13 @@ def pytest_configure(config):
             raise pytest.UsageError("--bilstm-known-failures needs --bilstm-impl; pass the "
                                     "implementation the known failures belong to")
         return
+
+    # An invalid value would otherwise surface inside every reference call,
+    # where it reads as a failure of the implementation under check.
+    try:
+        parallel_directions_enabled()
+    except InvalidArgumentError as exc:
+        raise pytest.UsageError(f"bilstm-verify: {exc}") from None
 
     time_limit = config.getoption("bilstm_time_limit")
     if not 0 < time_limit < float("inf"):

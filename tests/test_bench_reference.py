@@ -44,11 +44,13 @@ def test_main_prints_table_and_faults(bench):
     assert "MALLOC_TRIM_THRESHOLD_=" in output
     # n_t * n_ex * 4H * (n_in + 1 + H) = 3 * 2 * 12 * 6
     assert re.search(r"^reference parallel directions: not timed, because of 432 multiply-adds "
-                     r"per direction, under the minimum of [\d,]+$", output, re.M), output
+                     r"per direction, under the minimum of [\d,]+; gate blocks of 6 values, "
+                     r"under the minimum of [\d,]+", output, re.M), output
 
 
 def test_main_times_parallel_path_when_large_enough(bench, monkeypatch):
     monkeypatch.setattr(bench._parallel, "MIN_PARALLEL_WORK", 1)
+    monkeypatch.setattr(bench._parallel, "MIN_PARALLEL_BLOCK", 1)
     monkeypatch.setattr(bench._parallel, "usable_cpus", lambda: 2)
     monkeypatch.setattr(bench._parallel._OPENBLAS, "available", lambda: True)
     monkeypatch.delenv("BILSTM_PARALLEL_DIRECTIONS", raising=False)

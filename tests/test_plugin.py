@@ -301,3 +301,10 @@ def test_workflow_pytest_options_exist(pytester):
     help_text = pytester.runpytest_inprocess(*PLUGIN, "--help").stdout.str()
     assert used == {"--bilstm-impl", "--bilstm-known-failures", "--bilstm-case-dir"}
     assert [option for option in sorted(used) if option not in help_text] == []
+
+
+def test_invalid_parallel_switch_is_usage_error(pytester, monkeypatch):
+    monkeypatch.setenv("BILSTM_PARALLEL_DIRECTIONS", "yes")
+    result = pytester.runpytest_inprocess(*PLUGIN, "--bilstm-impl=reference")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "BILSTM_PARALLEL_DIRECTIONS is 'yes'" in result.stderr.str()
