@@ -29,7 +29,7 @@ Costs, measured on a 2-CPU machine (AMD EPYC, numpy 2.4.6 with OpenBLAS
   reference, a numpy dense layer and the reference's backward, one after
   the other, parallel directions were 11-35% slower than the serial loop.
   In ``benchmarks/bench_reference.py``, which pauses 0.3 s before each
-  call, they took 0.66-0.86x the serial time.
+  call, they took 0.66-0.98x the serial time.
 """
 
 import os
@@ -46,10 +46,10 @@ MIN_PARALLEL_WORK = 50_000_000
 
 A parallel call costs about 0.1-0.3 ms more at the start, and now and then
 one thread waits up to 5 ms (Python's switch interval) for the GIL.  On the
-2-CPU machine, float32 calls of 5 to 25 million multiply-adds took 1.5-1.9x
-the serial time in parallel, and calls of 50 to 316 million (the benchmark
-case, n_ex=32, n_t=100, n_in=64, H=128) with gate blocks of at least 2048
-values took 0.75-0.98x.  float64 calls gained from about 5 million on."""
+2-CPU machine, calls of 0.06 to 25 million multiply-adds mostly took 1.5-2x
+the serial time in parallel (two float64 cases took 0.93x and 0.96x).  Calls
+of 50 to 316 million (the benchmark case, n_ex=32, n_t=100, n_in=64, H=128)
+with gate blocks of at least 2048 values took 0.75-0.98x."""
 
 MIN_PARALLEL_BLOCK = 2048
 """Values in one gate block of one step, H * n_ex, below which a call stays serial.
