@@ -381,36 +381,48 @@ def test_overlapping_runs_restore_only_when_last_leaves(openblas_at_two, first_t
     assert set(numpy_blas_threads()) == {2}
 
 
-@needs_openblas
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
-def test_forked_child_gets_counts_back(openblas_at_two):
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+
+
+def fork_and_report():
+    """Fork; return the child's thread counts (as strings) and number of active runs.
+
+    The child reads the counts through threadpoolctl, writes them to a pipe
+    and ends at once, so it never returns into pytest.
+    """
     read_end, write_end = os.pipe()
-    with _parallel._OPENBLAS:
-        assert set(numpy_blas_threads()) == {1}
-        pid = os.fork()
-        if pid == 0:
-            # Child: report the counts and the number of active runs, and
-            # never return into pytest.
-            try:
-                counts = ",".join(str(count) for count in numpy_blas_threads())
-                os.write(write_end, f"{counts} {_parallel._OPENBLAS._active}".encode())
-            except BaseException as error:
-                os.write(write_end, f"child error {error!r}".encode())
-            finally:
-                os._exit(0)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            counts = ",".join(str(count) for count in numpy_blas_threads())
+            os.write(write_end, f"{counts} {_parallel._OPENBLAS._active}".encode())
+        except BaseException as error:
+            os.write(write_end, f"child-error {error!r}".encode())
+        finally:
+            os._exit(0)
+
     os.close(write_end)
     os.waitpid(pid, 0)
     report = os.read(read_end, 1000).decode()
     os.close(read_end)
+    counts, active = report.split(" ", 1)
+    return set(counts.split(",")), active
 
-    counts, active = report.split(" ")
-    assert set(counts.split(",")) == {"2"}
+
+@needs_openblas
+@needs_fork
+def test_forked_child_gets_counts_back(openblas_at_two):
+    with _parallel._OPENBLAS:
+        assert set(numpy_blas_threads()) == {1}
+        counts, active = fork_and_report()
+
+    assert counts == {"2"}
     assert active == "0"
     assert set(numpy_blas_threads()) == {2}
 
 
 @needs_openblas
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+@needs_fork
 def test_fork_during_other_threads_runs_leaves_child_unlimited(openblas_at_two):
     stop = threading.Event()
 
@@ -421,32 +433,15 @@ def test_fork_during_other_threads_runs_leaves_child_unlimited(openblas_at_two):
 
     churn = threading.Thread(target=enter_and_leave)
     churn.start()
-    reports = []
     try:
-        for _ in range(40):
-            read_end, write_end = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                # Child: report, and never return into pytest.
-                try:
-                    counts = ",".join(str(count) for count in numpy_blas_threads())
-                    os.write(write_end, f"{counts} {_parallel._OPENBLAS._active}".encode())
-                except BaseException as error:
-                    os.write(write_end, f"child error {error!r}".encode())
-                finally:
-                    os._exit(0)
-            os.close(write_end)
-            os.waitpid(pid, 0)
-            reports.append(os.read(read_end, 1000).decode())
-            os.close(read_end)
+        reports = [fork_and_report() for _ in range(40)]
     finally:
         stop.set()
         churn.join()
 
-    for report in reports:
-        counts, active = report.split(" ")
-        assert set(counts.split(",")) == {"2"}, report
-        assert active == "0", report
+    for counts, active in reports:
+        assert counts == {"2"}, (counts, active)
+        assert active == "0", (counts, active)
 
 
 # Errors and interrupts.
