@@ -1,14 +1,13 @@
 """Smoke tests of benchmarks/bench_reference.py on tiny sizes, so the speed benchmark cannot rot."""
 
 import contextlib
-import importlib.util
 import io
 import re
-from pathlib import Path
 
 import pytest
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_reference.py"
+from benchmark_loader import load_benchmark
+
 
 TINY = ["--n-ex", "2", "--n-t", "3", "--n-in", "2", "--hidden", "3",
         "--repeats", "5", "--pause", "0", "--warmup", "0"]
@@ -16,10 +15,7 @@ TINY = ["--n-ex", "2", "--n-t", "3", "--n-in", "2", "--hidden", "3",
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_reference", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_reference")
 
 
 def test_main_prints_table_and_faults(bench):

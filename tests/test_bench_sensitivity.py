@@ -1,23 +1,18 @@
 """Smoke tests of benchmarks/bench_sensitivity.py on a tiny budget, so the benchmark cannot rot."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import bilstm
+from benchmark_loader import load_benchmark
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sensitivity.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_sensitivity", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_sensitivity")
 
 
 def _error(bench, kind, delta, shape, target="x"):

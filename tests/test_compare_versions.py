@@ -1,6 +1,5 @@
 """Smoke tests of benchmarks/compare_versions.py, so the version comparison cannot rot."""
 
-import importlib.util
 import subprocess
 import sys
 import types
@@ -9,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import bilstm
+from benchmark_loader import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARK = ROOT / "benchmarks" / "compare_versions.py"
 
 
 def _in_git_checkout():
@@ -32,10 +31,7 @@ def bench(monkeypatch):
     # are undone after each test.
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.delitem(sys.modules, "bilstm_baseline", raising=False)
-    spec = importlib.util.spec_from_file_location("compare_versions", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
+    yield load_benchmark("compare_versions")
     for name in [name for name in sys.modules if name.startswith("bilstm_baseline")]:
         del sys.modules[name]
 

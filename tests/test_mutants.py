@@ -6,9 +6,7 @@ property its entry names, with the ``ci`` profile's examples but no
 shrinking, so the verdict is the benchmark's while the test stays quick.
 """
 
-import importlib.util
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +24,7 @@ from properties.runner import (
     FAILED, IMPLEMENTATION_ERROR, PASSED, run_property, select_properties,
 )
 from properties.settings import PROFILES, profile_settings
+from benchmark_loader import load_benchmark
 
 CI_EXAMPLES = PROFILES["ci"]["max_examples"]
 
@@ -53,11 +52,7 @@ def _run(property_name, implementation, *, max_examples=CI_EXAMPLES, merge_modes
 
 
 def _load_benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mutants.py"
-    spec = importlib.util.spec_from_file_location("bench_mutants", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_mutants")
 
 
 # ---------------------------------------------------------------------------
