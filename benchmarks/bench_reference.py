@@ -173,7 +173,7 @@ def reference_params(lstm, dtype):
     return params
 
 
-def make_case(args, dtype_name):
+def make_case(args, dtype_name, with_parallel):
     """Build one torch LSTM and matching reference inputs, with one shared upstream gradient.
 
     Returns
@@ -184,7 +184,7 @@ def make_case(args, dtype_name):
         with ``BILSTM_PARALLEL_DIRECTIONS`` set to 0 and to 1), plus
         ``agreement``, the largest absolute difference of ``y`` and ``dx``
         between the serial reference and torch, and ``paths_agreement``, the
-        same between the reference's two paths.
+        same between the reference's two paths (None unless ``with_parallel``).
     """
     dtype = np.dtype(dtype_name)
     torch.manual_seed(args.seed)
@@ -219,11 +219,13 @@ def make_case(args, dtype_name):
         np.max(np.abs(result.y - y_torch.detach().numpy().transpose(1, 2, 0))),
         np.max(np.abs(grads.dx - grads_torch[0].numpy().transpose(1, 2, 0))),
     )
-    result_parallel, grads_parallel = run_parallel()
-    paths_agreement = max(
-        np.max(np.abs(result.y - result_parallel.y)),
-        np.max(np.abs(grads.dx - grads_parallel.dx)),
-    )
+    paths_agreement = None
+    if with_parallel:
+        result_parallel, grads_parallel = run_parallel()
+        paths_agreement = max(
+            np.max(np.abs(result.y - result_parallel.y)),
+            np.max(np.abs(grads.dx - grads_parallel.dx)),
+        )
     return {
         "run_torch": run_torch, "run_serial": run_serial, "run_parallel": run_parallel,
         "agreement": agreement, "paths_agreement": paths_agreement,
@@ -342,7 +344,7 @@ def main(argv=None):
     saved_setting = os.environ.get(_parallel.ENV_VAR)
     try:
         for dtype_name in dtype_names:
-            case = make_case(args, dtype_name)
+            case = make_case(args, dtype_name, with_parallel)
             print(f"{dtype_name}: max |reference - torch| over y and dx = "
                   f"{case['agreement']:.2e}")
             runs = {"serial": case["run_serial"], "torch": case["run_torch"]}
