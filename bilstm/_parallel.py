@@ -148,11 +148,11 @@ class _OpenBLASThreads:
     """Hold the process's OpenBLAS libraries at one thread while any parallel run is active.
 
     The first run to enter saves each library's thread count and sets it to
-    1; the last to leave, from whichever thread, restores the saved counts,
+    1.  The last to leave, from whichever thread, restores the saved counts,
     so counts that other code sets in between are overwritten.  The libraries
     are the pthreads builds of OpenBLAS loaded at the first use, numpy's
-    among them; ones loaded later are not limited.  They are set through their
-    own C API.  threadpoolctl lists them, but its own setter is not used.  In
+    among them, and ones loaded later are not limited.  They are set through
+    their own C API.  threadpoolctl lists them, but its own setter is not used.  In
     threadpoolctl 3.8.0 that setter silently ignores every thread but the
     first one that set a count (3.5.0 did not), and the last run to leave may
     be on another thread than the first to enter.
@@ -175,7 +175,7 @@ class _OpenBLASThreads:
             )
 
     def _apis(self):
-        """Return the (get, set) pairs of the handled libraries; empty if numpy's BLAS is not one."""
+        """Return the (get, set) pairs of the handled libraries, none if numpy's BLAS is not one."""
         if self._libraries is None:
             self._libraries = []
             if _numpy_blas_is_openblas() is False:
@@ -199,11 +199,6 @@ class _OpenBLASThreads:
         """Return whether numpy's BLAS is an OpenBLAS and a loaded one's thread count can be set."""
         with self._lock:
             return bool(self._apis())
-
-    def thread_counts(self):
-        """Return the current thread count of each handled library."""
-        with self._lock:
-            return [get() for get, _ in self._apis()]
 
     # NOTE: an interrupt (KeyboardInterrupt, SIGALRM) raised between the
     # thread-count calls and the update of _active below can leave the
@@ -230,8 +225,8 @@ class _OpenBLASThreads:
 
     def _reset_in_child(self):
         # The child has only the forking thread, so no parallel run can end
-        # there to restore the counts: restore them now.  The lock was held
-        # across fork(), and the child gets a fresh one.
+        # there to restore the counts, and they are restored now.  The lock
+        # was held across fork(), and the child gets a fresh one.
         self._lock = threading.Lock()
         if self._active:
             self._active = 0
@@ -242,7 +237,7 @@ _OPENBLAS = _OpenBLASThreads()
 
 
 def serial_reasons(work, block):
-    """Return why a call would stay serial with :data:`ENV_VAR` set to 1; empty if it would not.
+    """Return why a call would stay serial with :data:`ENV_VAR` set to 1, or nothing if it would not.
 
     Parameters
     ----------
@@ -349,8 +344,8 @@ def run_directions(task, work, block):
         try:
             worker.start()
             task(slice(0, 1), cancel)
-            # An event, not Thread.join: an interrupted join can mark a
-            # running thread as ended (seen on Python 3.10 to 3.12).
+            # Wait on an event, not Thread.join, because an interrupted join
+            # can mark a running thread as ended (seen on Python 3.10 to 3.12).
             done.wait()
         except BaseException as error:
             cancel.set()

@@ -631,7 +631,7 @@ class _ChunkProducts:
 
     def __init__(self, cache, dxs, dw_step):
         self.cache = cache
-        # A transposed view: the BLAS reads it as fast as a copy here.
+        # A transposed view, which the BLAS read as fast as a copy on the benchmark machine.
         self.w_ih_t = cache.w_step[:, :, :cache.n_in].transpose(0, 2, 1)
         self.dxs = dxs
         self.dw_step = dw_step
@@ -645,7 +645,7 @@ class _ChunkProducts:
 
         inputs_t = _flatten_steps(self.cache.xh[:, :, start:stop]).transpose(0, 2, 1)
         self._chunks_added += 1
-        # The first chunk writes the sum itself; later ones go through a scratch array.
+        # The first chunk writes the sum itself, and later ones go through a scratch array.
         if self._chunks_added == 1:
             np.matmul(dz_flat, inputs_t, out=self.dw_step)
             return
@@ -700,7 +700,7 @@ def _backprop_through_time(result, dy, dh_n, dc_n):
     Returns
     -------
     _BackwardArrays
-        Its ``dxs``, ``dw_step``, ``dh`` and ``dc`` hold the gradients.
+        Its ``dxs``, ``dw_step``, ``dh`` and ``dc`` contain the gradients.
     """
     cache = result.cache
     gates = cache.gates
