@@ -7,14 +7,16 @@ Run from the repository root::
 
 Both implementations get the same weights, input and upstream gradient, and
 both compute the gradients of the input and of every weight.  The reference
-runs on its default serial path and, where the case is large enough, also
-with ``BILSTM_PARALLEL_DIRECTIONS=1``.  Runs of all of them alternate in one
-process.  The script prints the machine it ran on, then a Markdown table
-(ready for BENCHMARKS.md) with the median time of each reference path and of
-torch, their ratio, and whether the ratio meets the project's target.
+runs with its default setting (``BILSTM_PARALLEL_DIRECTIONS`` unset, which
+means ``auto``) and, where the case is large enough for its parallel path,
+also with the variable set to ``0`` (always serial) and to ``1`` (parallel).
+Runs of all of them alternate in one process.  The script prints the machine
+it ran on, how many of the default's calls ran in parallel, then a Markdown
+table (ready for BENCHMARKS.md) with the median time of each reference
+setting and of torch, their ratio, and whether the ratio meets the
+project's target.
 """
 
-import argparse
 import datetime
 import gc
 import os
@@ -34,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bilstm import backward, forward  # noqa: E402
 from bilstm import _parallel  # noqa: E402
 from bilstm.reference import _call_size  # noqa: E402
+from call_counter import CallCounter  # noqa: E402
+from case_options import CASE_SIZES, case_parser, require_positive  # noqa: E402
 from machine_info import cpu_model  # noqa: E402
 
 TARGET_RATIOS = {"float64": 1.0, "float32": 1.5}
@@ -57,21 +61,10 @@ again, and both implementations allocate tens of MB per call.
 
 def parse_args(argv=None):
     """Parse and check the command line. The size defaults are the standard benchmark case."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--n-ex", type=int, default=32, help="batch size (examples)")
-    parser.add_argument("--n-t", type=int, default=100, help="time steps")
-    parser.add_argument("--n-in", type=int, default=64, help="input features")
-    parser.add_argument("--hidden", type=int, default=128, help="hidden units per direction, H")
+    parser = case_parser(__doc__.split("\n\n")[0])
     parser.add_argument(
         "--repeats", type=int, default=9,
         help="timed runs of each implementation; the median is reported (at least 5)",
-    )
-    parser.add_argument(
-        "--dtype", choices=("both", "float64", "float32"), default="both",
-        help="dtype to time; 'both' times float64 then float32",
     )
     parser.add_argument(
         "--pause", type=float, default=0.3,
@@ -97,10 +90,7 @@ def parse_args(argv=None):
         parser.error(f"--blas-threads={args.blas_threads} is invalid; use 1 or more")
     if args.warmup < 0:
         parser.error(f"--warmup={args.warmup} is negative; use 0 or more runs")
-    for name in ("n_ex", "n_t", "n_in", "hidden"):
-        if getattr(args, name) < 1:
-            flag = "--" + name.replace("_", "-")
-            parser.error(f"{flag}={getattr(args, name)} is invalid; use a positive size")
+    require_positive(parser, args, CASE_SIZES)
     return args
 
 
@@ -179,12 +169,14 @@ def make_case(args, dtype_name, with_parallel):
     Returns
     -------
     dict
-        ``run_torch``, ``run_serial`` and ``run_parallel``, each a callable
-        that runs forward and backward once (the last two run the reference
-        with ``BILSTM_PARALLEL_DIRECTIONS`` set to 0 and to 1), plus
-        ``agreement``, the largest absolute difference of ``y`` and ``dx``
-        between the serial reference and torch, and ``paths_agreement``, the
-        same between the reference's two paths (None unless ``with_parallel``).
+        ``run_torch``, ``run_default``, ``run_serial`` and ``run_parallel``,
+        each a callable that runs forward and backward once (the last three
+        run the reference with ``BILSTM_PARALLEL_DIRECTIONS`` unset, 0 and
+        1), plus ``agreement``, the largest absolute difference of ``y`` and
+        ``dx`` between the default reference and torch, ``paths_agreement``,
+        the same between the reference's serial and parallel paths (None
+        unless ``with_parallel``), and ``default_calls``, a
+        :class:`CallCounter` of the default's calls.
     """
     dtype = np.dtype(dtype_name)
     torch.manual_seed(args.seed)
@@ -207,13 +199,22 @@ def make_case(args, dtype_name, with_parallel):
 
     def reference_runner(setting):
         def run_reference():
-            os.environ[_parallel.ENV_VAR] = setting
+            if setting is None:
+                os.environ.pop(_parallel.ENV_VAR, None)
+            else:
+                os.environ[_parallel.ENV_VAR] = setting
             result = forward(x, params)
             return result, backward(result, dy)
         return run_reference
 
     run_serial, run_parallel = reference_runner("0"), reference_runner("1")
-    result, grads = run_serial()
+    default_calls = CallCounter()
+
+    def run_default():
+        with default_calls.counting():
+            return reference_runner(None)()
+
+    result, grads = run_default()
     y_torch, grads_torch = run_torch()
     agreement = max(
         np.max(np.abs(result.y - y_torch.detach().numpy().transpose(1, 2, 0))),
@@ -221,14 +222,18 @@ def make_case(args, dtype_name, with_parallel):
     )
     paths_agreement = None
     if with_parallel:
+        result_serial, grads_serial = run_serial()
         result_parallel, grads_parallel = run_parallel()
         paths_agreement = max(
-            np.max(np.abs(result.y - result_parallel.y)),
-            np.max(np.abs(grads.dx - grads_parallel.dx)),
+            np.max(np.abs(result_serial.y - result_parallel.y)),
+            np.max(np.abs(grads_serial.dx - grads_parallel.dx)),
         )
+    # Only the timed protocol's calls are counted.
+    default_calls.calls = default_calls.parallel_calls = 0
     return {
-        "run_torch": run_torch, "run_serial": run_serial, "run_parallel": run_parallel,
-        "agreement": agreement, "paths_agreement": paths_agreement,
+        "run_torch": run_torch, "run_default": run_default, "run_serial": run_serial,
+        "run_parallel": run_parallel, "agreement": agreement,
+        "paths_agreement": paths_agreement, "default_calls": default_calls,
     }
 
 
@@ -238,9 +243,10 @@ def parallel_directions_line(args):
     work, block = _call_size(args.n_t, args.n_ex, step_weights_shape)
     reasons = _parallel.serial_reasons(work, block)
     if reasons:
-        return False, f"reference parallel directions: not timed, because of {'; '.join(reasons)}"
-    return True, (f"reference parallel directions: timed with {_parallel.ENV_VAR}=1 "
-                  f"({work:,} multiply-adds per direction)")
+        return False, (f"reference parallel directions: not possible, because of "
+                       f"{'; '.join(reasons)}; {_parallel.ENV_VAR}=0 and 1 not timed")
+    return True, (f"reference parallel directions: possible ({work:,} multiply-adds per "
+                  f"direction), also timed with {_parallel.ENV_VAR}=0 and 1")
 
 
 def minor_page_faults():
@@ -300,8 +306,12 @@ def fault_line(dtype_name, faults):
     return f"{dtype_name}: minor page faults per timed run, median: {counts}"
 
 
-PATH_LABELS = {"serial": "serial (default)", "parallel": f"parallel ({_parallel.ENV_VAR}=1)"}
-"""Names of the reference's two paths in the table."""
+PATH_LABELS = {
+    "default": "default (auto)",
+    "serial": f"serial ({_parallel.ENV_VAR}=0)",
+    "parallel": f"parallel ({_parallel.ENV_VAR}=1)",
+}
+"""Names of the reference's settings in the table."""
 
 
 def table_row(dtype_name, path, times):
@@ -347,13 +357,16 @@ def main(argv=None):
             case = make_case(args, dtype_name, with_parallel)
             print(f"{dtype_name}: max |reference - torch| over y and dx = "
                   f"{case['agreement']:.2e}")
-            runs = {"serial": case["run_serial"], "torch": case["run_torch"]}
+            runs = {"default": case["run_default"], "torch": case["run_torch"]}
             if with_parallel:
                 print(f"{dtype_name}: max |parallel - serial reference| over y and dx = "
                       f"{case['paths_agreement']:.2e}")
+                runs["serial"] = case["run_serial"]
                 runs["parallel"] = case["run_parallel"]
             times, faults = time_interleaved(runs, args.repeats, args.pause, args.warmup)
             print(fault_line(dtype_name, faults))
+            print(f"{dtype_name}: default (auto) ran {case['default_calls'].share()} "
+                  f"forward and backward calls in parallel, untimed runs included")
             rows.extend(table_row(dtype_name, path, times) for path in runs if path != "torch")
     finally:
         if saved_setting is None:

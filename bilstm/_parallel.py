@@ -1,20 +1,30 @@
-"""Run the two directions of a BiLSTM at the same time, one thread each (opt-in).
+"""Run the two directions of a BiLSTM at the same time, one thread each.
 
 The two directions share no data until their outputs are merged, so the
 forward recurrence and the backward pass can run each direction in its own
 thread.  numpy releases the GIL inside matrix products and inside array
 operations on more than a few hundred values, so the threads run on two
-cores at once.
+cores at once.  Results agree with the serial loop to rounding, but need
+not be bit-identical.
 
-Set the environment variable ``BILSTM_PARALLEL_DIRECTIONS=1`` to turn this
-on; unset, empty or ``0`` keeps the serial loop.  Even when it is on, a call
-stays serial unless it is large enough (:data:`MIN_PARALLEL_WORK` and
-:data:`MIN_PARALLEL_BLOCK`), the process may use 2 or more CPUs, and numpy's
-BLAS is an OpenBLAS whose thread count can be set (see below).  Results
-agree with the serial loop to rounding, but need not be bit-identical.
+The environment variable ``BILSTM_PARALLEL_DIRECTIONS`` sets the rule:
 
-Costs, measured on a 2-CPU machine (AMD EPYC, numpy 2.4.6 with OpenBLAS
-0.3.31, 2026-12-05), which is why this is not the default:
+- unset, empty or ``auto`` (the default): a call runs in parallel when it
+  meets the conditions below, the process may use exactly 2 CPUs, and no
+  other thread of the process is running at its start, so that a CPU is
+  idle.  The last check reads ``/proc/self/task``; where that is missing
+  (outside Linux), calls stay serial.
+- ``1``: a call runs in parallel whenever it meets the conditions below.
+- ``0``: calls always run serially.
+
+The conditions for ``1`` and ``auto`` alike: the call is large enough
+(:data:`MIN_PARALLEL_WORK` and :data:`MIN_PARALLEL_BLOCK`), the process may
+use 2 or more CPUs, and numpy's BLAS is an OpenBLAS whose thread count can
+be set (see below).  :func:`serial_reasons` and :func:`automatic_reasons`
+return the conditions that keep a call serial.
+
+Costs and effects, measured on a 2-CPU machine (AMD EPYC, numpy 2.4.6 with
+OpenBLAS 0.3.31, 2026-12-05):
 
 - A multithreaded BLAS called from two threads at once slows down: without
   a limit, forward at the benchmark size took 16-19 ms in two threads
@@ -24,12 +34,18 @@ Costs, measured on a 2-CPU machine (AMD EPYC, numpy 2.4.6 with OpenBLAS
   has no per-thread setting: ``openblas_set_num_threads_local(1)`` called in
   one thread also set the main thread's count to 1.
 - After a multithreaded BLAS call, one OpenBLAS worker thread kept a core
-  busy for about 0.1 s, with or without a lower thread count.  A parallel
+  busy for 0.1-0.2 s, with or without a lower thread count.  A parallel
   call in that time competes with it for the cores.  In a loop that ran the
   reference, a numpy dense layer and the reference's backward, one after
-  the other, parallel directions were 11-35% slower than the serial loop.
-  In ``benchmarks/bench_reference.py``, which pauses 0.3 s before each
-  call, they took 0.66-0.98x the serial time.
+  the other, ``1`` was 35-41% slower than ``0``.  ``auto`` saw the spinning
+  worker at each call and stayed serial, within 1% of ``0``.  In a loop of
+  the reference's forward and backward alone, ``1`` and ``auto`` took
+  0.81-0.85x the serial time (``benchmarks/bench_mixed_loop.py``).
+- ``auto`` keeps whichever path a loop starts on.  A serial call's own
+  products leave the OpenBLAS worker spinning, so a loop whose first call
+  finds it spinning (right after another multithreaded BLAS call, or right
+  after numpy's import) stays serial while its calls come less than about
+  0.1 s apart.
 """
 
 import os
@@ -39,7 +55,12 @@ import warnings
 from bilstm.errors import InvalidArgumentError
 
 ENV_VAR = "BILSTM_PARALLEL_DIRECTIONS"
-"""Environment variable that turns parallel directions on (``1``) or off (``0``)."""
+"""Environment variable that sets the rule: ``auto`` (the default), ``1`` or ``0``."""
+
+AUTOMATIC_CPUS = 2
+"""The one number of usable CPUs at which ``auto`` runs directions in parallel.
+
+It is the only count at which the two paths were compared."""
 
 MIN_PARALLEL_WORK = 50_000_000
 """Multiply-adds of one direction's step products below which a call stays serial.
@@ -60,7 +81,8 @@ little work.  Calls of 75 to 132 million multiply-adds with blocks of 64 to
 
 # NOTE: every figure here is from one 2-CPU machine.  With more CPUs a serial
 # loop can give each product several BLAS threads, while parallel directions
-# hold the BLAS to one.  Which is faster there was not measured.
+# hold the BLAS to one.  Which is faster there was not measured, so ``auto``
+# stays serial there.
 
 BOTH = slice(None)
 """The slice of the direction axis that :func:`run_directions` passes for a serial run."""
@@ -80,26 +102,26 @@ class _NeverCancelled:
 
 _NEVER_CANCELLED = _NeverCancelled()
 
-_OFF_VALUES = ("", "0")
-_ON_VALUES = ("1",)
+_SETTINGS = {"": "auto", "auto": "auto", "1": "on", "0": "off"}
+"""Accepted values of :data:`ENV_VAR`, after stripping blanks, and the rule each one sets."""
 
 
-def enabled():
-    """Return whether :data:`ENV_VAR` turns parallel directions on.
+def setting():
+    """Return the rule that :data:`ENV_VAR` sets: ``"auto"``, ``"on"`` or ``"off"``.
 
     Raises
     ------
     InvalidArgumentError
-        If the variable is set to anything but ``1``, ``0`` or the empty string.
+        If the variable is set to anything but ``auto``, ``1``, ``0`` or the
+        empty string.
     """
     value = os.environ.get(ENV_VAR, "").strip()
-    if value in _ON_VALUES:
-        return True
-    if value in _OFF_VALUES:
-        return False
+    if value in _SETTINGS:
+        return _SETTINGS[value]
     raise InvalidArgumentError(
-        f"environment variable {ENV_VAR} is {os.environ[ENV_VAR]!r}, but it must be "
-        f"1 (run large calls' directions in parallel) or 0 (never); unset it for the default, 0"
+        f"environment variable {ENV_VAR} is {os.environ[ENV_VAR]!r}, but it must be auto "
+        f"(run large calls' directions in parallel when a CPU is idle), 1 (whenever they are "
+        f"large enough) or 0 (never); unset it for the default, auto"
     )
 
 
@@ -239,6 +261,8 @@ _OPENBLAS = _OpenBLASThreads()
 def serial_reasons(work, block):
     """Return why a call would stay serial with :data:`ENV_VAR` set to 1, or nothing if it would not.
 
+    With ``auto``, :func:`automatic_reasons` adds its own conditions.
+
     Parameters
     ----------
     work : int
@@ -268,9 +292,68 @@ def serial_reasons(work, block):
     return reasons
 
 
+_TASKS = "/proc/self/task"
+"""Folder with one entry per thread of this process, on Linux."""
+
+
+def other_threads_running():
+    """Return how many other threads of this process are running or runnable, or None without /proc.
+
+    A thread counts when its state in ``/proc/self/task/<tid>/stat`` is
+    ``R``.  An OpenBLAS or OpenMP worker that spins while it waits for work
+    is in that state.  A Python thread that waits for the GIL is not.
+    """
+    try:
+        tids = os.listdir(_TASKS)
+    except OSError:
+        return None
+
+    own = str(threading.get_native_id())
+    count = 0
+    for tid in tids:
+        if tid == own:
+            continue
+        try:
+            with open(os.path.join(_TASKS, tid, "stat")) as stat_file:
+                stat = stat_file.read()
+        except OSError:
+            # The thread ended between the listing and the read.
+            continue
+        # The state follows the thread's name, which is in parentheses and
+        # may itself contain spaces and parentheses.
+        if stat[stat.rindex(")") + 2:].startswith("R"):
+            count += 1
+    return count
+
+
+def automatic_reasons():
+    """Return why ``auto`` would keep a call serial that ``1`` would run in parallel.
+
+    Returns
+    -------
+    list of str
+        One phrase per unmet condition, or nothing.  Call it only for calls
+        with no :func:`serial_reasons`, because it reads ``/proc``.
+    """
+    reasons = []
+    cpus = usable_cpus()
+    if cpus > AUTOMATIC_CPUS:
+        reasons.append(f"{cpus} usable CPUs, and {ENV_VAR}=auto runs directions in parallel "
+                       f"only with {AUTOMATIC_CPUS}")
+    running = other_threads_running()
+    if running is None:
+        reasons.append(f"no {_TASKS} to tell whether a CPU is idle")
+    elif running:
+        reasons.append(f"{running} other thread(s) of this process running, so no CPU is idle")
+    return reasons
+
+
 def in_parallel(work, block):
     """Return whether a call runs its directions in parallel (sizes as in :func:`serial_reasons`)."""
-    return enabled() and not serial_reasons(work, block)
+    rule = setting()
+    if rule == "off" or serial_reasons(work, block):
+        return False
+    return rule == "on" or not automatic_reasons()
 
 
 def _wait_for(done, cancel):

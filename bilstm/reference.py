@@ -79,9 +79,10 @@ take one product for all parameter gradients and one for the input
 gradient.  The arrays that forward stores come from one allocation, and so
 do backward's per-step and per-chunk work arrays.
 
-With ``BILSTM_PARALLEL_DIRECTIONS=1``, large calls run the two directions
-in two threads instead, each with a one-thread BLAS; :mod:`bilstm._parallel`
-gives the rule and its costs.  Both paths run the same per-direction code on
+Large calls may run the two directions in two threads instead, each with a
+one-thread BLAS.  By default that happens on 2-CPU machines when a CPU is
+idle, and ``BILSTM_PARALLEL_DIRECTIONS`` changes the rule;
+:mod:`bilstm._parallel` gives the rule and its costs.  Both paths run the same per-direction code on
 a leading direction axis of size 2 or 1.
 """
 

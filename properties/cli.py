@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from bilstm._parallel import enabled as parallel_directions_enabled
+from bilstm._parallel import setting as parallel_directions_setting
 from bilstm.merge import MERGE_MODES, canonical_merge_mode
 from bilstm.errors import InvalidArgumentError
 from properties import export, matrix, reports
@@ -260,7 +260,7 @@ def main(argv=None, out=None):
     # An invalid value would otherwise surface inside every reference call,
     # where it reads as a failure of the implementation under check.
     try:
-        parallel_directions_enabled()
+        parallel_directions_setting()
     except InvalidArgumentError as exc:
         print(f"bilstm-verify: error: {exc}", file=sys.stderr)
         return 2

@@ -40,7 +40,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bilstm._parallel import enabled as parallel_directions_enabled
+from bilstm._parallel import setting as parallel_directions_setting
 from bilstm.errors import InvalidArgumentError
 from bilstm.merge import MERGE_MODES
 from properties.adapters import load_implementation
@@ -122,7 +122,7 @@ def pytest_configure(config):
     # An invalid value would otherwise surface inside every reference call,
     # where it reads as a failure of the implementation under check.
     try:
-        parallel_directions_enabled()
+        parallel_directions_setting()
     except InvalidArgumentError as exc:
         raise pytest.UsageError(f"bilstm-verify: {exc}") from None
 

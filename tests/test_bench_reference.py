@@ -27,21 +27,25 @@ def test_main_prints_table_and_faults(bench):
     for dtype in ("float64", "float32"):
         assert re.search(rf"^{dtype}: max \|reference - torch\| over y and dx = ", output, re.M)
         assert re.search(
-            rf"^{dtype}: minor page faults per timed run, median: serial \d+, torch \d+$",
+            rf"^{dtype}: minor page faults per timed run, median: default \d+, torch \d+$",
             output, re.M,
         )
-        row = re.search(rf"^\| {dtype} \| serial \(default\) \| [\d.]+ \([\d.]+-[\d.]+\) "
+        # Tiny calls stay serial: 5 timed runs, no untimed ones, each a forward and a backward.
+        assert f"{dtype}: default (auto) ran 0 / 10 forward and backward calls" in output
+        row = re.search(rf"^\| {dtype} \| default \(auto\) \| [\d.]+ \([\d.]+-[\d.]+\) "
                         rf"\| [\d.]+ \([\d.]+-[\d.]+\) \| [\d.]+ \| <= [\d.]+ \| (yes|no) \|$",
                         output, re.M)
         assert row is not None, output
         # The tiny case is far below the parallel path's minimum size.
         assert f"| {dtype} | parallel" not in output
+        assert f"| {dtype} | serial" not in output
     assert re.search(r"^CPU: \S", output, re.M)
     assert "MALLOC_TRIM_THRESHOLD_=" in output
     # n_t * n_ex * 4H * (n_in + 1 + H) = 3 * 2 * 12 * 6
-    assert re.search(r"^reference parallel directions: not timed, because of 432 multiply-adds "
-                     r"per direction, under the minimum of [\d,]+; gate blocks of 6 values, "
-                     r"under the minimum of [\d,]+", output, re.M), output
+    assert re.search(r"^reference parallel directions: not possible, because of 432 "
+                     r"multiply-adds per direction, under the minimum of [\d,]+; gate blocks "
+                     r"of 6 values, under the minimum of [\d,]+.*; BILSTM_PARALLEL_DIRECTIONS=0 "
+                     r"and 1 not timed$", output, re.M), output
 
 
 def test_main_times_parallel_path_when_large_enough(bench, monkeypatch):
@@ -55,13 +59,17 @@ def test_main_times_parallel_path_when_large_enough(bench, monkeypatch):
         bench.main(TINY + ["--dtype", "float64"])
     output = out.getvalue()
 
-    assert re.search(r"^reference parallel directions: timed with BILSTM_PARALLEL_DIRECTIONS=1 "
-                     r"\(432 multiply-adds per direction\)$", output, re.M), output
+    assert re.search(r"^reference parallel directions: possible \(432 multiply-adds per "
+                     r"direction\), also timed with BILSTM_PARALLEL_DIRECTIONS=0 and 1$",
+                     output, re.M), output
     assert re.search(r"^float64: max \|parallel - serial reference\| over y and dx = ",
                      output, re.M), output
-    assert re.search(r"^float64: minor page faults per timed run, median: serial \d+, "
-                     r"torch \d+, parallel \d+$", output, re.M), output
-    for path in (r"serial \(default\)", r"parallel \(BILSTM_PARALLEL_DIRECTIONS=1\)"):
+    assert re.search(r"^float64: minor page faults per timed run, median: default \d+, "
+                     r"torch \d+, serial \d+, parallel \d+$", output, re.M), output
+    assert re.search(r"^float64: default \(auto\) ran \d+ / 10 forward and backward calls",
+                     output, re.M), output
+    for path in (r"default \(auto\)", r"serial \(BILSTM_PARALLEL_DIRECTIONS=0\)",
+                 r"parallel \(BILSTM_PARALLEL_DIRECTIONS=1\)"):
         assert re.search(rf"^\| float64 \| {path} \| [\d.]+ ", output, re.M), output
     # The script restores the caller's setting.
     assert "BILSTM_PARALLEL_DIRECTIONS" not in bench.os.environ

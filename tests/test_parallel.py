@@ -10,6 +10,7 @@ they check that an error or an interrupt in either thread comes back
 promptly.
 """
 
+import hashlib
 import os
 import signal
 import sys
@@ -184,15 +185,32 @@ def test_switch_on_runs_one_direction_per_thread(small_calls_parallel, direction
         assert sorted(direction_calls[name]) == sorted([(main, 1), (WORKER, 1)]), name
 
 
-@pytest.mark.parametrize("value", [None, "", "0"], ids=["unset", "empty", "zero"])
 def test_switch_off_runs_both_directions_in_calling_thread(small_calls_parallel,
-                                                             direction_calls, value):
-    small_calls_parallel(value)
+                                                             direction_calls):
+    small_calls_parallel("0")
     inputs, upstream = draw_call(10, np.float64, 7, with_states=False)
     run_both(inputs, upstream, "concat", None)
 
     main = threading.current_thread().name
     assert direction_calls == {"forward": [(main, 2)], "backward": [(main, 2)]}
+
+
+ONE_PER_THREAD, BOTH_IN_ONE_CALL = [1, 1], [2]
+
+
+@pytest.mark.parametrize(("value", "running", "expected"), [
+    (None, 0, ONE_PER_THREAD), ("", 0, ONE_PER_THREAD), ("auto", 0, ONE_PER_THREAD),
+    (None, 1, BOTH_IN_ONE_CALL), ("auto", None, BOTH_IN_ONE_CALL),
+], ids=["unset-idle", "empty-idle", "auto-idle", "unset-busy", "auto-no-proc"])
+def test_switch_auto_follows_idle_cpu(small_calls_parallel, direction_calls, monkeypatch,
+                                      value, running, expected):
+    small_calls_parallel(value)
+    monkeypatch.setattr(_parallel, "other_threads_running", lambda: running)
+    inputs, upstream = draw_call(10, np.float64, 7, with_states=False)
+    run_both(inputs, upstream, "concat", None)
+
+    for name in ("forward", "backward"):
+        assert [n_dir for _, n_dir in direction_calls[name]] == expected, name
 
 
 @pytest.mark.parametrize("n_t, n_ex", [(0, 3), (4, 0)], ids=["no-steps", "empty-batch"])
@@ -206,14 +224,15 @@ def test_calls_without_work_stay_serial(small_calls_parallel, direction_calls, n
 
 
 @pytest.mark.parametrize(("value", "expected"), [
-    (None, False), ("", False), ("0", False), (" 0 ", False), ("1", True), (" 1 ", True),
+    (None, "auto"), ("", "auto"), ("auto", "auto"), (" auto ", "auto"),
+    ("0", "off"), (" 0 ", "off"), ("1", "on"), (" 1 ", "on"),
 ])
 def test_switch_values(set_switch, value, expected):
     set_switch(value)
-    assert _parallel.enabled() is expected
+    assert _parallel.setting() == expected
 
 
-@pytest.mark.parametrize("value", ["yes", "2", "true", "auto", "on"])
+@pytest.mark.parametrize("value", ["yes", "2", "true", "AUTO", "on", "off"])
 def test_invalid_switch_names_variable_and_fix(set_switch, value):
     set_switch(value)
     inputs, _ = draw_call(12, np.float64, 3, with_states=False)
@@ -222,8 +241,9 @@ def test_invalid_switch_names_variable_and_fix(set_switch, value):
 
     message = str(raised.value)
     assert f"{_parallel.ENV_VAR} is {value!r}" in message
-    assert "it must be 1 (run large calls' directions in parallel) or 0 (never)" in message
-    assert "unset it for the default, 0" in message
+    assert ("it must be auto (run large calls' directions in parallel when a CPU is idle), "
+            "1 (whenever they are large enough) or 0 (never)") in message
+    assert "unset it for the default, auto" in message
 
 
 def test_cli_rejects_invalid_switch_before_running(set_switch, capsys):
@@ -253,7 +273,6 @@ WORK, BLOCK = BENCHMARK_SIZE
     ("1", 2, WORK, BLOCK, True, True),
     ("1", 16, WORK, BLOCK, True, True),
     ("0", 2, WORK, BLOCK, True, False),
-    (None, 2, WORK, BLOCK, True, False),
     ("1", 1, WORK, BLOCK, True, False),
     ("1", 2, WORK, BLOCK, False, False),
     ("1", 2, _parallel.MIN_PARALLEL_WORK - 1, BLOCK, True, False),
@@ -261,12 +280,145 @@ WORK, BLOCK = BENCHMARK_SIZE
     ("1", 2, WORK, _parallel.MIN_PARALLEL_BLOCK - 1, True, False),
     ("1", 2, WORK, _parallel.MIN_PARALLEL_BLOCK, True, True),
     ("1", 2, 0, 0, True, False),
+    (None, 2, WORK, BLOCK, True, True),
+    ("auto", 2, WORK, BLOCK, True, True),
+    (None, 3, WORK, BLOCK, True, False),
+    (None, 16, WORK, BLOCK, True, False),
+    (None, 1, WORK, BLOCK, True, False),
+    (None, 2, WORK, BLOCK, False, False),
+    (None, 2, _parallel.MIN_PARALLEL_WORK - 1, BLOCK, True, False),
+    (None, 2, WORK, _parallel.MIN_PARALLEL_BLOCK - 1, True, False),
 ])
 def test_parallel_rule(set_switch, monkeypatch, switch, cpus, work, block, available, expected):
     set_switch(switch)
     monkeypatch.setattr(_parallel, "usable_cpus", lambda: cpus)
     monkeypatch.setattr(_parallel._OPENBLAS, "available", lambda: available)
+    monkeypatch.setattr(_parallel, "other_threads_running", lambda: 0)
     assert _parallel.in_parallel(work, block) is expected
+
+
+@pytest.mark.parametrize(("switch", "running", "expected"), [
+    (None, 0, True), (None, 1, False), (None, 3, False), (None, None, False),
+    ("1", 1, True), ("1", None, True), ("0", 0, False),
+])
+def test_parallel_rule_other_threads(set_switch, monkeypatch, switch, running, expected):
+    set_switch(switch)
+    monkeypatch.setattr(_parallel, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(_parallel._OPENBLAS, "available", lambda: True)
+    monkeypatch.setattr(_parallel, "other_threads_running", lambda: running)
+    assert _parallel.in_parallel(WORK, BLOCK) is expected
+
+
+def test_small_calls_do_not_read_threads(set_switch, monkeypatch):
+    # The property suite's calls are small, and reading /proc costs tens of microseconds.
+    set_switch(None)
+
+    def fail():
+        raise AssertionError("other_threads_running called for a call below the minimums")
+
+    monkeypatch.setattr(_parallel, "other_threads_running", fail)
+    assert _parallel.in_parallel(_parallel.MIN_PARALLEL_WORK - 1, BLOCK) is False
+
+
+def test_automatic_reasons_name_every_unmet_condition(monkeypatch):
+    monkeypatch.setattr(_parallel, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(_parallel, "other_threads_running", lambda: 2)
+    assert _parallel.automatic_reasons() == [
+        "4 usable CPUs, and BILSTM_PARALLEL_DIRECTIONS=auto runs directions in parallel "
+        "only with 2",
+        "2 other thread(s) of this process running, so no CPU is idle",
+    ]
+
+    monkeypatch.setattr(_parallel, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(_parallel, "other_threads_running", lambda: None)
+    assert _parallel.automatic_reasons() == ["no /proc/self/task to tell whether a CPU is idle"]
+
+    monkeypatch.setattr(_parallel, "other_threads_running", lambda: 0)
+    assert _parallel.automatic_reasons() == []
+
+
+def write_task(tasks, tid, name, state):
+    """Write a fake /proc/self/task/<tid>/stat with the thread name and state given."""
+    (tasks / str(tid)).mkdir()
+    (tasks / str(tid) / "stat").write_text(f"{tid} ({name}) {state} 1 2 3 4 5\n")
+
+
+def test_other_threads_running_reads_states(tmp_path, monkeypatch):
+    own = threading.get_native_id()
+    write_task(tmp_path, own, "python", "R")
+    write_task(tmp_path, own + 1, "python", "R")
+    write_task(tmp_path, own + 2, "python", "S")
+    # A name with spaces and parentheses, and a state that looks like one in it.
+    write_task(tmp_path, own + 3, "a) S (b", "R")
+    write_task(tmp_path, own + 4, "x) R (y", "S")
+    write_task(tmp_path, own + 5, "idle", "D")
+    monkeypatch.setattr(_parallel, "_TASKS", str(tmp_path))
+
+    assert _parallel.other_threads_running() == 2
+
+
+def test_other_threads_running_skips_ended_thread(tmp_path, monkeypatch):
+    own = threading.get_native_id()
+    write_task(tmp_path, own + 1, "python", "R")
+    # Listed, but its stat file is gone, as for a thread that ended meanwhile.
+    (tmp_path / str(own + 2)).mkdir()
+    monkeypatch.setattr(_parallel, "_TASKS", str(tmp_path))
+
+    assert _parallel.other_threads_running() == 1
+
+
+def test_other_threads_running_without_proc(tmp_path, monkeypatch):
+    monkeypatch.setattr(_parallel, "_TASKS", str(tmp_path / "missing"))
+    assert _parallel.other_threads_running() is None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="no /proc/self/task")
+def test_other_threads_running_sees_busy_thread():
+    # hashlib releases the GIL while it hashes more than 2 KiB, so the
+    # thread stays in state R without waiting for the GIL.
+    data = b"\0" * (64 << 20)
+    started, stop = threading.Event(), threading.Event()
+    counts = []
+
+    def hash_until_stopped():
+        started.set()
+        while not stop.is_set():
+            hashlib.sha256(data).digest()
+
+    thread = threading.Thread(target=hash_until_stopped)
+    thread.start()
+    try:
+        started.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(counts):
+            counts.append(_parallel.other_threads_running())
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join()
+
+    assert any(count >= 1 for count in counts), counts
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="no /proc/self/task")
+def test_other_threads_running_ignores_sleeping_thread():
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        # Give the thread time to block; any other thread of the test
+        # process that runs now would be counted as well, so allow retries.
+        counts = []
+        for _ in range(50):
+            time.sleep(0.02)
+            counts.append(_parallel.other_threads_running())
+            if counts[-1] == 0:
+                break
+    finally:
+        stop.set()
+        thread.join()
+
+    assert counts[-1] == 0, counts
 
 
 def test_serial_reasons_name_every_unmet_condition(monkeypatch):

@@ -1,0 +1,103 @@
+"""Smoke tests of benchmarks/bench_mixed_loop.py and its call counter on tiny sizes."""
+
+import contextlib
+import io
+import re
+
+import numpy as np
+import pytest
+
+import bilstm
+from bilstm import _parallel
+from benchmark_loader import load_benchmark
+
+
+TINY = ["--n-ex", "2", "--n-t", "3", "--n-in", "2", "--hidden", "3",
+        "--steps", "2", "--blocks", "2"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark("bench_mixed_loop")
+
+
+def run_main(bench, argv):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        bench.main(argv)
+    return out.getvalue()
+
+
+def test_tiny_case_times_only_serial(bench, monkeypatch):
+    monkeypatch.delenv(_parallel.ENV_VAR, raising=False)
+    output = run_main(bench, TINY + ["--dtype", "float32"])
+
+    assert re.search(r"^reference parallel directions: not possible, because of 432 "
+                     r"multiply-adds per direction.*; only BILSTM_PARALLEL_DIRECTIONS=0 is timed$",
+                     output, re.M), output
+    # 2 blocks of 2 steps plus 1 untimed step, each with a forward and a backward call.
+    for loop in ("alone", "dense"):
+        assert re.search(rf"^\| float32 \| {loop} \| 0 \| [\d.]+, [\d.]+ \| [\d.]+ \| 1\.00 "
+                         rf"\| 0 / 10 \|$", output, re.M), output
+    assert "| float32 | alone | 1 |" not in output
+    assert "loop 'alone' started right after" not in output
+    assert _parallel.ENV_VAR not in bench.os.environ
+
+
+def test_all_settings_timed_when_parallel_possible(bench, monkeypatch):
+    monkeypatch.setattr(_parallel, "MIN_PARALLEL_WORK", 1)
+    monkeypatch.setattr(_parallel, "MIN_PARALLEL_BLOCK", 1)
+    monkeypatch.setattr(_parallel, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(_parallel._OPENBLAS, "available", lambda: True)
+    monkeypatch.setenv(_parallel.ENV_VAR, "0")
+    output = run_main(bench, TINY + ["--dtype", "float64"])
+
+    for loop in ("alone", "dense"):
+        assert re.search(rf"^\| float64 \| {loop} \| 0 \| .* \| 1\.00 \| 0 / 10 \|$",
+                         output, re.M), output
+        assert re.search(rf"^\| float64 \| {loop} \| 1 \| .* \| 10 / 10 \|$",
+                         output, re.M), output
+        assert re.search(rf"^\| float64 \| {loop} \| auto \| .* \| \d+ / 10 \|$",
+                         output, re.M), output
+    assert re.search(r"^float64, BILSTM_PARALLEL_DIRECTIONS=auto, loop 'alone' started right "
+                     r"after a 600 x 600 product: \d+ of 4 calls in parallel$", output, re.M)
+    # The caller's setting is put back.
+    assert bench.os.environ[_parallel.ENV_VAR] == "0"
+
+
+def test_spin_line_counts_threads(bench):
+    line = bench.spin_line()
+    if _parallel.other_threads_running() is None:
+        assert line.endswith("not counted (no /proc)")
+    else:
+        assert re.fullmatch(r"other threads running after a 600 x 600 float64 product: "
+                            r"0\.00 s: \d+, 0\.05 s: \d+, 0\.10 s: \d+, 0\.20 s: \d+, "
+                            r"0\.30 s: \d+", line), line
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--blocks", "--n-t"])
+def test_rejects_sizes_below_one(bench, flag, capsys):
+    with pytest.raises(SystemExit) as raised:
+        bench.parse_args([flag, "0"])
+    assert raised.value.code == 2
+    assert f"{flag}=0 is invalid; use 1 or more" in capsys.readouterr().err
+
+
+def test_call_counter_counts_and_restores(monkeypatch):
+    counter = load_benchmark("call_counter").CallCounter()
+    decide = _parallel.in_parallel
+    monkeypatch.setattr(_parallel, "MIN_PARALLEL_WORK", 1)
+    monkeypatch.setattr(_parallel, "MIN_PARALLEL_BLOCK", 1)
+    monkeypatch.setattr(_parallel, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(_parallel._OPENBLAS, "available", lambda: True)
+    params = bilstm.init_params(2, 3, rng=np.random.default_rng(0))
+    x = np.ones((2, 2, 3))
+
+    with counter.counting():
+        monkeypatch.setenv(_parallel.ENV_VAR, "1")
+        bilstm.forward(x, params)
+        monkeypatch.setenv(_parallel.ENV_VAR, "0")
+        bilstm.forward(x, params)
+
+    assert counter.share() == "1 / 2"
+    assert _parallel.in_parallel is decide
