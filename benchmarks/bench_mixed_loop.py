@@ -22,12 +22,14 @@ call's start.
 
 The script first prints how many other threads of the process are running
 at a few delays after one multithreaded matrix product, which shows how long
-numpy's BLAS workers keep spinning.  It then prints a Markdown table (ready
-for BENCHMARKS.md): per loop and value, the median step time of each block,
-their median, the ratio to ``0``, and how many reference calls ran in
-parallel.
+numpy's BLAS workers keep spinning.  It then prints a Markdown table, ready
+for BENCHMARKS.md, with one row per loop and value.  Each block's cell gives
+its median step time, the setting that ran before it and its parallel
+calls.  The row ends with the median of the blocks, its ratio to ``0``, and
+how many timed reference calls ran in parallel.
 """
 
+import dataclasses
 import datetime
 import os
 import statistics
@@ -127,43 +129,70 @@ def make_step(args, dtype, loop, setting, counter):
     return step
 
 
-def time_blocks(steps, n_steps, n_blocks):
+@dataclasses.dataclass
+class Block:
+    """One timed block of steps under one setting."""
+
+    median: float
+    """Median seconds per step."""
+    after: str
+    """Setting of the block that ran just before, whose worker threads may still spin."""
+    parallel_calls: int
+    calls: int
+
+
+def time_blocks(steps, counters, n_steps, n_blocks):
     """Time ``n_blocks`` blocks of ``n_steps`` steps of each callable, alternating between them.
 
-    One untimed step of each callable comes first.  The order flips every
-    block, so no setting always runs right after the same other one.
+    One untimed step of each callable comes first.  Even blocks then run in
+    the order given, and odd blocks keep the first name and reverse the
+    rest.  With three names, that puts each one right after each other one
+    within two blocks.  ``auto`` depends on what ran before it, so each
+    block records the name before it.
 
     Returns
     -------
-    dict of str to list of float
-        Median seconds per step of each block, per name.
+    dict of str to list of Block
+        The blocks of each name, in the order they ran.
     """
-    for step in steps.values():
-        step()
-
     names = list(steps)
-    medians = {name: [] for name in names}
+    for name in names:
+        steps[name]()
+
+    blocks = {name: [] for name in names}
+    previous = names[-1]
+    orders = (names, names[:1] + names[:0:-1])
     for block in range(n_blocks):
-        order = names if block % 2 == 0 else names[::-1]
-        for name in order:
+        for name in orders[block % 2]:
+            counter = counters[name]
+            calls, parallel_calls = counter.calls, counter.parallel_calls
             times = []
             for _ in range(n_steps):
                 start = time.perf_counter()
                 steps[name]()
                 times.append(time.perf_counter() - start)
-            medians[name].append(statistics.median(times))
-    return medians
+            blocks[name].append(Block(
+                statistics.median(times), previous,
+                counter.parallel_calls - parallel_calls, counter.calls - calls,
+            ))
+            previous = name
+    return blocks
 
 
-def table_rows(dtype_name, loop, medians, counters):
+def table_rows(dtype_name, loop, blocks):
     """Format one Markdown row per setting for ``loop``."""
-    baseline = statistics.median(medians[SETTINGS[0]])
+    baseline = statistics.median(block.median for block in blocks[SETTINGS[0]])
     rows = []
-    for setting, values in medians.items():
-        median = statistics.median(values)
-        blocks = ", ".join(f"{1e3 * value:.1f}" for value in values)
-        rows.append(f"| {dtype_name} | {loop} | {setting} | {blocks} | {1e3 * median:.1f} "
-                    f"| {median / baseline:.2f} | {counters[setting].share()} |")
+    for setting, runs in blocks.items():
+        median = statistics.median(block.median for block in runs)
+        cells = ", ".join(
+            f"{1e3 * block.median:.1f} (after {block.after}, {block.parallel_calls}/{block.calls})"
+            for block in runs
+        )
+        parallel_calls = sum(block.parallel_calls for block in runs)
+        calls = sum(block.calls for block in runs)
+        rows.append(f"| {dtype_name} | {loop} | {setting} | {cells} | {1e3 * median:.1f} "
+                    f"| {median / baseline:.2f} | {parallel_calls} / {calls} |")
     return rows
 
 
@@ -219,8 +248,8 @@ def main(argv=None):
                     setting: make_step(args, np.dtype(dtype_name), loop, setting, counters[setting])
                     for setting in settings
                 }
-                medians = time_blocks(steps, args.steps, args.blocks)
-                rows.extend(table_rows(dtype_name, loop, medians, counters))
+                blocks = time_blocks(steps, counters, args.steps, args.blocks)
+                rows.extend(table_rows(dtype_name, loop, blocks))
             if len(settings) > 1:
                 print(busy_start_line(args, dtype_name))
     finally:
@@ -230,8 +259,8 @@ def main(argv=None):
             os.environ[_parallel.ENV_VAR] = saved_setting
 
     print()
-    print(f"| dtype | loop | {_parallel.ENV_VAR} | ms per step, block medians | median "
-          f"| / {SETTINGS[0]} | parallel calls |")
+    print(f"| dtype | loop | {_parallel.ENV_VAR} | ms per step per block (setting before it, "
+          f"parallel calls) | median | / {SETTINGS[0]} | parallel calls |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print(row)

@@ -10,12 +10,18 @@ process.  Each round runs forward and backward once per version, untimed, and
 then once timed; the order flips every round.  The script first checks that
 both versions return the same output and gradients to within rounding, then
 prints a Markdown row per dtype with the medians and their ratio.
+
+Both versions run with ``BILSTM_PARALLEL_DIRECTIONS`` set to the value of
+``--parallel-directions``, 0 (serial) unless told otherwise.  Left unset,
+this checkout's default (``auto``) would be compared with whatever default
+the older version had.
 """
 
 import argparse
 import gc
 import importlib
 import io
+import os
 import re
 import statistics
 import subprocess
@@ -48,6 +54,11 @@ def parse_args(argv=None):
     parser.add_argument("--n-in", type=int, default=64, help="input features")
     parser.add_argument("--hidden", type=int, default=128, help="hidden units per direction, H")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs of each version")
+    parser.add_argument(
+        "--parallel-directions", choices=("0", "1"), default="0",
+        help="value of BILSTM_PARALLEL_DIRECTIONS for both versions: 0 serial, 1 parallel "
+             "for calls large enough (versions without a parallel path ignore it)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 5:
         parser.error(f"--repeats={args.repeats} is too few for a median; use at least 5")
@@ -138,9 +149,29 @@ def main(argv=None):
     print(f"command: python3 {' '.join(sys.argv)}")
     print(
         f"case: n_ex={args.n_ex}, n_t={args.n_t}, n_in={args.n_in}, H={args.hidden}, "
-        f"{args.repeats} interleaved timed runs per version"
+        f"{args.repeats} interleaved timed runs per version, "
+        f"BILSTM_PARALLEL_DIRECTIONS={args.parallel_directions}"
     )
 
+    saved_setting = os.environ.get("BILSTM_PARALLEL_DIRECTIONS")
+    os.environ["BILSTM_PARALLEL_DIRECTIONS"] = args.parallel_directions
+    try:
+        rows = compare(args)
+    finally:
+        if saved_setting is None:
+            os.environ.pop("BILSTM_PARALLEL_DIRECTIONS", None)
+        else:
+            os.environ["BILSTM_PARALLEL_DIRECTIONS"] = saved_setting
+
+    print()
+    print(f"| dtype | {args.rev} ms | current ms | current / {args.rev} |")
+    print("| --- | --- | --- | --- |")
+    for row in rows:
+        print(row)
+
+
+def compare(args):
+    """Check and time both versions in each dtype; return one Markdown row per dtype."""
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         baseline = export_baseline(args.rev, folder)
@@ -155,12 +186,7 @@ def main(argv=None):
                 f"| {dtype} | {medians['baseline']:.1f} | {medians['current']:.1f} "
                 f"| {medians['current'] / medians['baseline']:.2f} |"
             )
-
-    print()
-    print(f"| dtype | {args.rev} ms | current ms | current / {args.rev} |")
-    print("| --- | --- | --- | --- |")
-    for row in rows:
-        print(row)
+    return rows
 
 
 if __name__ == "__main__":

@@ -37,17 +37,21 @@ OpenBLAS 0.3.31, 2026-12-05):
   busy for 0.1-0.2 s, with or without a lower thread count.  A parallel
   call in that time competes with it for the cores.  In a loop that ran the
   reference, a numpy dense layer and the reference's backward, one after
-  the other, ``1`` was 35-41% slower than ``0``.  ``auto`` saw the spinning
-  worker at each call and stayed serial, within 1% of ``0``.  In a loop of
-  the reference's forward and backward alone, ``1`` and ``auto`` took
-  0.81-0.85x the serial time (``benchmarks/bench_mixed_loop.py``).
-- ``auto`` keeps whichever path a loop starts on.  A serial call's own
-  products leave the OpenBLAS worker spinning, so a loop whose first call
-  finds it spinning (right after another multithreaded BLAS call, or right
-  after numpy's import) stays serial while its calls come less than about
-  0.1 s apart.
+  the other, ``1`` took 1.33-1.43x the time of ``0``.  ``auto`` saw the
+  spinning worker at every call and ran them all serially.  In a loop of
+  the reference's forward and backward alone, ``1`` took 0.80-0.89x and
+  ``auto`` 0.81-0.96x the serial time (``benchmarks/bench_mixed_loop.py``).
+- Under ``auto``, one serial call makes the rest of a loop serial, as
+  long as its calls come less than about 0.1 s apart.  A serial call's own
+  products leave the OpenBLAS worker spinning, and the next call sees it.
+  So a loop stays serial once it starts right after another multithreaded
+  BLAS call or right after numpy's import, or once any of its calls runs
+  serially.
+- ``auto`` sees only this process's threads.  Other processes busy on the
+  same CPUs slow the parallel path down more than the serial one.
 """
 
+import collections
 import os
 import threading
 import warnings
@@ -295,34 +299,49 @@ def serial_reasons(work, block):
 _TASKS = "/proc/self/task"
 """Folder with one entry per thread of this process, on Linux."""
 
+_ENDED_WORKERS = collections.deque(maxlen=16)
+"""Native ids of the latest worker threads of :func:`run_directions` that have ended.
+
+A worker that was just joined can still be in state ``R`` while the kernel
+ends it.  Counting it would make the next call serial for no reason."""
+
+
+def _is_running(stat):
+    """Return whether the bytes of a ``/proc/.../stat`` file give the state ``R``.
+
+    The state follows the thread's name, which is in parentheses and may
+    itself contain spaces, parentheses and bytes that are not UTF-8.
+    """
+    end_of_name = stat.rfind(b")")
+    return end_of_name >= 0 and stat[end_of_name + 2:end_of_name + 3] == b"R"
+
 
 def other_threads_running():
     """Return how many other threads of this process are running or runnable, or None without /proc.
 
     A thread counts when its state in ``/proc/self/task/<tid>/stat`` is
     ``R``.  An OpenBLAS or OpenMP worker that spins while it waits for work
-    is in that state.  A Python thread that waits for the GIL is not.
+    is in that state.  A Python thread that waits for the GIL is not, and
+    nor are this module's worker threads that have already ended.
     """
     try:
         tids = os.listdir(_TASKS)
     except OSError:
         return None
 
-    own = str(threading.get_native_id())
+    skipped = {str(threading.get_native_id())}
+    skipped.update(str(tid) for tid in list(_ENDED_WORKERS))
     count = 0
     for tid in tids:
-        if tid == own:
+        if tid in skipped:
             continue
         try:
-            with open(os.path.join(_TASKS, tid, "stat")) as stat_file:
+            with open(os.path.join(_TASKS, tid, "stat"), "rb") as stat_file:
                 stat = stat_file.read()
         except OSError:
             # The thread ended between the listing and the read.
             continue
-        # The state follows the thread's name, which is in parentheses and
-        # may itself contain spaces and parentheses.
-        if stat[stat.rindex(")") + 2:].startswith("R"):
-            count += 1
+        count += _is_running(stat)
     return count
 
 
@@ -351,7 +370,10 @@ def automatic_reasons():
 def in_parallel(work, block):
     """Return whether a call runs its directions in parallel (sizes as in :func:`serial_reasons`)."""
     rule = setting()
-    if rule == "off" or serial_reasons(work, block):
+    # The size check comes first because it is cheap, and most calls, those
+    # of the property suite among them, fail it.
+    large_enough = work >= MIN_PARALLEL_WORK and block >= MIN_PARALLEL_BLOCK
+    if rule == "off" or not large_enough or serial_reasons(work, block):
         return False
     return rule == "on" or not automatic_reasons()
 
@@ -420,6 +442,7 @@ def run_directions(task, work, block):
             worker_errors.append(error)
             cancel.set()
         finally:
+            _ENDED_WORKERS.append(threading.get_native_id())
             done.set()
 
     worker = threading.Thread(target=backward_direction, name="bilstm-backward-direction")

@@ -35,10 +35,11 @@ def test_tiny_case_times_only_serial(bench, monkeypatch):
     assert re.search(r"^reference parallel directions: not possible, because of 432 "
                      r"multiply-adds per direction.*; only BILSTM_PARALLEL_DIRECTIONS=0 is timed$",
                      output, re.M), output
-    # 2 blocks of 2 steps plus 1 untimed step, each with a forward and a backward call.
+    # 2 timed blocks of 2 steps, each with a forward and a backward call.
+    block = r"[\d.]+ \(after 0, 0/4\)"
     for loop in ("alone", "dense"):
-        assert re.search(rf"^\| float32 \| {loop} \| 0 \| [\d.]+, [\d.]+ \| [\d.]+ \| 1\.00 "
-                         rf"\| 0 / 10 \|$", output, re.M), output
+        assert re.search(rf"^\| float32 \| {loop} \| 0 \| {block}, {block} \| [\d.]+ \| 1\.00 "
+                         rf"\| 0 / 8 \|$", output, re.M), output
     assert "| float32 | alone | 1 |" not in output
     assert "loop 'alone' started right after" not in output
     assert _parallel.ENV_VAR not in bench.os.environ
@@ -52,12 +53,16 @@ def test_all_settings_timed_when_parallel_possible(bench, monkeypatch):
     monkeypatch.setenv(_parallel.ENV_VAR, "0")
     output = run_main(bench, TINY + ["--dtype", "float64"])
 
+    # Block 1 runs 0, 1, auto, and block 2 runs 0, auto, 1.
     for loop in ("alone", "dense"):
-        assert re.search(rf"^\| float64 \| {loop} \| 0 \| .* \| 1\.00 \| 0 / 10 \|$",
+        assert re.search(rf"^\| float64 \| {loop} \| 0 \| [\d.]+ \(after auto, 0/4\), "
+                         rf"[\d.]+ \(after auto, 0/4\) \| [\d.]+ \| 1\.00 \| 0 / 8 \|$",
                          output, re.M), output
-        assert re.search(rf"^\| float64 \| {loop} \| 1 \| .* \| 10 / 10 \|$",
+        assert re.search(rf"^\| float64 \| {loop} \| 1 \| [\d.]+ \(after 0, 4/4\), "
+                         rf"[\d.]+ \(after auto, 4/4\) \| .* \| 8 / 8 \|$",
                          output, re.M), output
-        assert re.search(rf"^\| float64 \| {loop} \| auto \| .* \| \d+ / 10 \|$",
+        assert re.search(rf"^\| float64 \| {loop} \| auto \| [\d.]+ \(after 1, \d/4\), "
+                         rf"[\d.]+ \(after 0, \d/4\) \| .* \| \d / 8 \|$",
                          output, re.M), output
     assert re.search(r"^float64, BILSTM_PARALLEL_DIRECTIONS=auto, loop 'alone' started right "
                      r"after a 600 x 600 product: \d+ of 4 calls in parallel$", output, re.M)
@@ -81,6 +86,21 @@ def test_rejects_sizes_below_one(bench, flag, capsys):
         bench.parse_args([flag, "0"])
     assert raised.value.code == 2
     assert f"{flag}=0 is invalid; use 1 or more" in capsys.readouterr().err
+
+
+def test_blocks_rotate_and_record_predecessor(bench):
+    ran = []
+    steps = {name: (lambda name=name: ran.append(name)) for name in ("a", "b", "c")}
+    counters = {name: bench.CallCounter() for name in steps}
+
+    blocks = bench.time_blocks(steps, counters, n_steps=1, n_blocks=3)
+
+    # One untimed step each, then odd blocks reverse all names but the first.
+    assert ran == ["a", "b", "c"] + ["a", "b", "c"] + ["a", "c", "b"] + ["a", "b", "c"]
+    assert [block.after for block in blocks["a"]] == ["c", "c", "b"]
+    assert [block.after for block in blocks["b"]] == ["a", "c", "a"]
+    assert [block.after for block in blocks["c"]] == ["b", "a", "b"]
+    assert all(block.calls == 0 for runs in blocks.values() for block in runs)
 
 
 def test_call_counter_counts_and_restores(monkeypatch):

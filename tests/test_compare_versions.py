@@ -84,3 +84,24 @@ def test_too_few_repeats_is_rejected(bench, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--rev", "HEAD", "--repeats", "4"])
     assert "--repeats=4 is too few" in capsys.readouterr().err
+
+
+def test_main_sets_parallel_directions_for_both(bench, monkeypatch, capsys):
+    monkeypatch.setenv("BILSTM_PARALLEL_DIRECTIONS", "auto")
+    seen = []
+
+    def compare(args):
+        seen.append(bench.os.environ["BILSTM_PARALLEL_DIRECTIONS"])
+        return ["| float64 | 1.0 | 1.0 | 1.00 |"]
+
+    monkeypatch.setattr(bench, "compare", compare)
+    bench.main(["--rev", "HEAD", "--parallel-directions", "1"])
+
+    assert seen == ["1"]
+    assert "BILSTM_PARALLEL_DIRECTIONS=1" in capsys.readouterr().out
+    # The caller's value is put back.
+    assert bench.os.environ["BILSTM_PARALLEL_DIRECTIONS"] == "auto"
+
+
+def test_parallel_directions_default_is_serial(bench):
+    assert bench.parse_args(["--rev", "HEAD"]).parallel_directions == "0"

@@ -309,15 +309,20 @@ def test_parallel_rule_other_threads(set_switch, monkeypatch, switch, running, e
     assert _parallel.in_parallel(WORK, BLOCK) is expected
 
 
-def test_small_calls_do_not_read_threads(set_switch, monkeypatch):
-    # The property suite's calls are small, and reading /proc costs tens of microseconds.
+def test_small_calls_skip_costly_checks(set_switch, monkeypatch):
+    # The property suite's calls are small, and reading /proc costs tens of
+    # microseconds, the CPU and OpenBLAS checks a few.
     set_switch(None)
 
     def fail():
-        raise AssertionError("other_threads_running called for a call below the minimums")
+        raise AssertionError("a costly check ran for a call below the minimums")
 
     monkeypatch.setattr(_parallel, "other_threads_running", fail)
+    monkeypatch.setattr(_parallel, "usable_cpus", fail)
+    monkeypatch.setattr(_parallel._OPENBLAS, "available", fail)
     assert _parallel.in_parallel(_parallel.MIN_PARALLEL_WORK - 1, BLOCK) is False
+    assert _parallel.in_parallel(WORK, _parallel.MIN_PARALLEL_BLOCK - 1) is False
+    assert _parallel.in_parallel(0, 0) is False
 
 
 def test_automatic_reasons_name_every_unmet_condition(monkeypatch):
@@ -338,28 +343,62 @@ def test_automatic_reasons_name_every_unmet_condition(monkeypatch):
 
 
 def write_task(tasks, tid, name, state):
-    """Write a fake /proc/self/task/<tid>/stat with the thread name and state given."""
+    """Write a fake /proc/self/task/<tid>/stat with the thread name (bytes) and state given."""
     (tasks / str(tid)).mkdir()
-    (tasks / str(tid) / "stat").write_text(f"{tid} ({name}) {state} 1 2 3 4 5\n")
+    (tasks / str(tid) / "stat").write_bytes(b"%d (%s) %s 1 2 3 4 5\n" % (tid, name, state))
 
 
-def test_other_threads_running_reads_states(tmp_path, monkeypatch):
-    own = threading.get_native_id()
-    write_task(tmp_path, own, "python", "R")
-    write_task(tmp_path, own + 1, "python", "R")
-    write_task(tmp_path, own + 2, "python", "S")
-    # A name with spaces and parentheses, and a state that looks like one in it.
-    write_task(tmp_path, own + 3, "a) S (b", "R")
-    write_task(tmp_path, own + 4, "x) R (y", "S")
-    write_task(tmp_path, own + 5, "idle", "D")
+@pytest.mark.parametrize(("name", "state", "expected"), [
+    (b"python", b"R", 1),
+    (b"python", b"S", 0),
+    (b"python", b"D", 0),
+    # Names with spaces and parentheses, and with a state letter in them.
+    (b"a) S (b", b"R", 1),
+    (b"a) R (b", b"S", 0),
+    (b"x) R", b"R", 1),
+    # Linux cuts names to 15 bytes, which can split a UTF-8 character.
+    (b"\xc3\xa9" * 7 + b"\xc3", b"R", 1),
+    (b"\xff\xfe", b"S", 0),
+], ids=["running", "sleeping", "disk-wait", "paren-running", "paren-sleeping",
+        "state-in-name", "cut-utf8", "not-utf8-sleeping"])
+def test_other_threads_running_reads_state(tmp_path, monkeypatch, name, state, expected):
+    write_task(tmp_path, threading.get_native_id() + 1, name, state)
     monkeypatch.setattr(_parallel, "_TASKS", str(tmp_path))
 
-    assert _parallel.other_threads_running() == 2
+    assert _parallel.other_threads_running() == expected
 
 
-def test_other_threads_running_skips_ended_thread(tmp_path, monkeypatch):
+def test_other_threads_running_skips_own_thread(tmp_path, monkeypatch):
+    write_task(tmp_path, threading.get_native_id(), b"python", b"R")
+    monkeypatch.setattr(_parallel, "_TASKS", str(tmp_path))
+
+    assert _parallel.other_threads_running() == 0
+
+
+def test_other_threads_running_skips_malformed_stat(tmp_path, monkeypatch):
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "stat").write_bytes(b"7 no name or state")
+    write_task(tmp_path, 8, b"python", b"R")
+    monkeypatch.setattr(_parallel, "_TASKS", str(tmp_path))
+
+    assert _parallel.other_threads_running() == 1
+
+
+def test_other_threads_running_skips_ended_worker(tmp_path, monkeypatch, small_calls_parallel):
+    _parallel.run_directions(lambda d, cancel: None, 1, 1)
+    worker = _parallel._ENDED_WORKERS[-1]
+    assert worker != threading.get_native_id()
+
+    # A worker that was just joined can still show state R while it ends.
+    write_task(tmp_path, worker, b"bilstm-backward", b"R")
+    write_task(tmp_path, worker + 100000, b"python", b"R")
+    monkeypatch.setattr(_parallel, "_TASKS", str(tmp_path))
+    assert _parallel.other_threads_running() == 1
+
+
+def test_other_threads_running_skips_vanished_thread(tmp_path, monkeypatch):
     own = threading.get_native_id()
-    write_task(tmp_path, own + 1, "python", "R")
+    write_task(tmp_path, own + 1, b"python", b"R")
     # Listed, but its stat file is gone, as for a thread that ended meanwhile.
     (tmp_path / str(own + 2)).mkdir()
     monkeypatch.setattr(_parallel, "_TASKS", str(tmp_path))
@@ -398,6 +437,35 @@ def test_other_threads_running_sees_busy_thread():
         thread.join()
 
     assert any(count >= 1 for count in counts), counts
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux only")
+def test_other_threads_running_with_non_utf8_thread_name():
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    pr_set_name = 15
+    named, stop = threading.Event(), threading.Event()
+    results = []
+
+    def sleep_with_cut_name():
+        # 7.5 two-byte characters: the name ends in half of a UTF-8 character.
+        results.append(libc.prctl(pr_set_name, b"\xc3\xa9" * 7 + b"\xc3", 0, 0, 0))
+        named.set()
+        stop.wait()
+
+    thread = threading.Thread(target=sleep_with_cut_name)
+    thread.start()
+    try:
+        named.wait()
+        count = _parallel.other_threads_running()
+    finally:
+        stop.set()
+        thread.join()
+
+    assert results == [0]
+    assert isinstance(count, int)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="no /proc/self/task")
