@@ -48,7 +48,7 @@ from bilstm import _parallel  # noqa: E402
 from bilstm.reference import _call_size  # noqa: E402
 from call_counter import CallCounter  # noqa: E402
 from case_options import CASE_SIZES, case_parser, require_positive  # noqa: E402
-from machine_info import cpu_model  # noqa: E402
+from machine_info import cpu_model, source_revision  # noqa: E402
 
 LOOPS = ("alone", "dense")
 """Names of the timed loops, in the order of the table."""
@@ -71,7 +71,7 @@ def parse_args(argv=None):
         help="loop steps per block; each block reports its median step time",
     )
     parser.add_argument(
-        "--blocks", type=int, default=3,
+        "--blocks", type=int, default=4,
         help="blocks per loop and setting, alternating between the settings",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random case")
@@ -144,11 +144,12 @@ class Block:
 def time_blocks(steps, counters, n_steps, n_blocks):
     """Time ``n_blocks`` blocks of ``n_steps`` steps of each callable, alternating between them.
 
-    One untimed step of each callable comes first.  Even blocks then run in
-    the order given, and odd blocks keep the first name and reverse the
-    rest.  With three names, that puts each one right after each other one
-    within two blocks.  ``auto`` depends on what ran before it, so each
-    block records the name before it.
+    One untimed step of each callable comes first.  The first, third, ...
+    blocks then run in the order given, and the second, fourth, ... keep the
+    first name and reverse the rest.  With three names and four blocks, the
+    second and third names each run twice right after each of the other
+    two.  ``auto`` depends on what ran before it, so each block records the
+    name before it.
 
     Returns
     -------
@@ -227,6 +228,7 @@ def main(argv=None):
     print(f"case: n_ex={args.n_ex}, n_t={args.n_t}, n_in={args.n_in}, H={args.hidden}, "
           f"{args.blocks} blocks of {args.steps} steps per loop and setting, no pauses")
     print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"commit: {source_revision()}")
     print(f"CPU: {cpu_model()}, usable CPUs: {_parallel.usable_cpus()}")
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}")
     print(spin_line())

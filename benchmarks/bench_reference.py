@@ -38,7 +38,7 @@ from bilstm import _parallel  # noqa: E402
 from bilstm.reference import _call_size  # noqa: E402
 from call_counter import CallCounter  # noqa: E402
 from case_options import CASE_SIZES, case_parser, require_positive  # noqa: E402
-from machine_info import cpu_model  # noqa: E402
+from machine_info import cpu_model, source_revision  # noqa: E402
 
 TARGET_RATIOS = {"float64": 1.0, "float32": 1.5}
 """Maximum accepted (reference time) / (torch time), per dtype."""
@@ -116,6 +116,7 @@ def machine_lines():
     """Describe the machine, library versions, thread counts and BLAS kernels, one line each."""
     lines = [
         f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"commit: {source_revision()}",
         f"CPU: {cpu_model()}",
         f"logical CPUs: {os.cpu_count()}, usable by this process: {len(os.sched_getaffinity(0))}",
         f"load average (1, 5, 15 min): {', '.join(f'{v:.2f}' for v in os.getloadavg())}",

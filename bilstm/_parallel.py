@@ -54,6 +54,7 @@ OpenBLAS 0.3.31, 2026-12-05):
 import collections
 import os
 import threading
+import time
 import warnings
 
 from bilstm.errors import InvalidArgumentError
@@ -300,10 +301,43 @@ _TASKS = "/proc/self/task"
 """Folder with one entry per thread of this process, on Linux."""
 
 _ENDED_WORKERS = collections.deque(maxlen=16)
-"""Native ids of the latest worker threads of :func:`run_directions` that have ended.
+"""(native id, time.monotonic() at its end) of the latest ended worker threads of :func:`run_directions`.
 
 A worker that was just joined can still be in state ``R`` while the kernel
 ends it.  Counting it would make the next call serial for no reason."""
+
+_ENDED_WORKERS_LOCK = threading.Lock()
+
+ENDED_WORKER_GRACE = 1.0
+"""Seconds after its end during which a worker's thread id is skipped.
+
+The kernel ends a joined thread within far less.  Later, Linux may give the
+id to a new thread, which must be counted again."""
+
+
+def _reset_ended_workers_in_child():
+    # Another thread may have held the lock at fork(), and would never release
+    # it in the child.  The child starts with no worker threads.
+    global _ENDED_WORKERS_LOCK
+    _ENDED_WORKERS_LOCK = threading.Lock()
+    _ENDED_WORKERS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_ended_workers_in_child)
+
+
+def _record_ended_worker():
+    """Record the calling worker thread as ended, for :func:`other_threads_running`."""
+    with _ENDED_WORKERS_LOCK:
+        _ENDED_WORKERS.append((threading.get_native_id(), time.monotonic()))
+
+
+def _recently_ended_workers():
+    """Return the thread ids, as strings, of workers that ended less than ENDED_WORKER_GRACE ago."""
+    now = time.monotonic()
+    with _ENDED_WORKERS_LOCK:
+        return {str(tid) for tid, ended in _ENDED_WORKERS if now - ended < ENDED_WORKER_GRACE}
 
 
 def _is_running(stat):
@@ -322,15 +356,16 @@ def other_threads_running():
     A thread counts when its state in ``/proc/self/task/<tid>/stat`` is
     ``R``.  An OpenBLAS or OpenMP worker that spins while it waits for work
     is in that state.  A Python thread that waits for the GIL is not, and
-    nor are this module's worker threads that have already ended.
+    this module's worker threads that ended in the last
+    :data:`ENDED_WORKER_GRACE` seconds are not counted.
     """
     try:
         tids = os.listdir(_TASKS)
     except OSError:
         return None
 
-    skipped = {str(threading.get_native_id())}
-    skipped.update(str(tid) for tid in list(_ENDED_WORKERS))
+    skipped = _recently_ended_workers()
+    skipped.add(str(threading.get_native_id()))
     count = 0
     for tid in tids:
         if tid in skipped:
@@ -442,7 +477,7 @@ def run_directions(task, work, block):
             worker_errors.append(error)
             cancel.set()
         finally:
-            _ENDED_WORKERS.append(threading.get_native_id())
+            _record_ended_worker()
             done.set()
 
     worker = threading.Thread(target=backward_direction, name="bilstm-backward-direction")

@@ -3,6 +3,7 @@
 import contextlib
 import io
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -41,6 +42,7 @@ def test_tiny_case_times_only_serial(bench, monkeypatch):
         assert re.search(rf"^\| float32 \| {loop} \| 0 \| {block}, {block} \| [\d.]+ \| 1\.00 "
                          rf"\| 0 / 8 \|$", output, re.M), output
     assert "| float32 | alone | 1 |" not in output
+    assert re.search(r"^commit: \S", output, re.M), output
     assert "loop 'alone' started right after" not in output
     assert _parallel.ENV_VAR not in bench.os.environ
 
@@ -93,13 +95,13 @@ def test_blocks_rotate_and_record_predecessor(bench):
     steps = {name: (lambda name=name: ran.append(name)) for name in ("a", "b", "c")}
     counters = {name: bench.CallCounter() for name in steps}
 
-    blocks = bench.time_blocks(steps, counters, n_steps=1, n_blocks=3)
+    blocks = bench.time_blocks(steps, counters, n_steps=1, n_blocks=4)
 
-    # One untimed step each, then odd blocks reverse all names but the first.
-    assert ran == ["a", "b", "c"] + ["a", "b", "c"] + ["a", "c", "b"] + ["a", "b", "c"]
-    assert [block.after for block in blocks["a"]] == ["c", "c", "b"]
-    assert [block.after for block in blocks["b"]] == ["a", "c", "a"]
-    assert [block.after for block in blocks["c"]] == ["b", "a", "b"]
+    # One untimed step each, then every second block reverses all names but the first.
+    assert ran == ["a", "b", "c"] + ["a", "b", "c", "a", "c", "b"] * 2
+    assert [block.after for block in blocks["a"]] == ["c", "c", "b", "c"]
+    assert [block.after for block in blocks["b"]] == ["a", "c", "a", "c"]
+    assert [block.after for block in blocks["c"]] == ["b", "a", "b", "a"]
     assert all(block.calls == 0 for runs in blocks.values() for block in runs)
 
 
@@ -121,3 +123,25 @@ def test_call_counter_counts_and_restores(monkeypatch):
 
     assert counter.share() == "1 / 2"
     assert _parallel.in_parallel is decide
+
+
+def test_source_revision_outside_git(monkeypatch, tmp_path):
+    machine_info = load_benchmark("machine_info")
+    monkeypatch.setattr(machine_info, "ROOT", tmp_path)
+    assert machine_info.source_revision() == "unknown"
+
+
+def test_source_revision_marks_uncommitted_changes(monkeypatch, tmp_path):
+    machine_info = load_benchmark("machine_info")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "a.txt").write_text("a")
+    subprocess.run(git + ["-C", str(tmp_path), "add", "a.txt"], check=True)
+    subprocess.run(git + ["-C", str(tmp_path), "commit", "-q", "-m", "a"], check=True)
+    monkeypatch.setattr(machine_info, "ROOT", tmp_path)
+
+    clean = machine_info.source_revision()
+    assert re.fullmatch(r"[0-9a-f]{7,}", clean), clean
+
+    (tmp_path / "a.txt").write_text("b")
+    assert machine_info.source_revision() == clean + " + uncommitted changes"

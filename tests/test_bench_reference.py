@@ -40,6 +40,7 @@ def test_main_prints_table_and_faults(bench):
         assert f"| {dtype} | parallel" not in output
         assert f"| {dtype} | serial" not in output
     assert re.search(r"^CPU: \S", output, re.M)
+    assert re.search(r"^commit: \S", output, re.M)
     assert "MALLOC_TRIM_THRESHOLD_=" in output
     # n_t * n_ex * 4H * (n_in + 1 + H) = 3 * 2 * 12 * 6
     assert re.search(r"^reference parallel directions: not possible, because of 432 "

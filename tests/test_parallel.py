@@ -10,6 +10,7 @@ they check that an error or an interrupt in either thread comes back
 promptly.
 """
 
+import collections
 import hashlib
 import os
 import signal
@@ -386,7 +387,7 @@ def test_other_threads_running_skips_malformed_stat(tmp_path, monkeypatch):
 
 def test_other_threads_running_skips_ended_worker(tmp_path, monkeypatch, small_calls_parallel):
     _parallel.run_directions(lambda d, cancel: None, 1, 1)
-    worker = _parallel._ENDED_WORKERS[-1]
+    worker, _ = _parallel._ENDED_WORKERS[-1]
     assert worker != threading.get_native_id()
 
     # A worker that was just joined can still show state R while it ends.
@@ -394,6 +395,38 @@ def test_other_threads_running_skips_ended_worker(tmp_path, monkeypatch, small_c
     write_task(tmp_path, worker + 100000, b"python", b"R")
     monkeypatch.setattr(_parallel, "_TASKS", str(tmp_path))
     assert _parallel.other_threads_running() == 1
+
+
+def test_other_threads_running_counts_reused_worker_id(tmp_path, monkeypatch):
+    # Long after a worker ended, Linux may give its id to a new thread.
+    monkeypatch.setattr(_parallel, "_ENDED_WORKERS", collections.deque(maxlen=16))
+    tid = threading.get_native_id() + 1
+    ended = time.monotonic() - _parallel.ENDED_WORKER_GRACE - 0.1
+    _parallel._ENDED_WORKERS.append((tid, ended))
+    write_task(tmp_path, tid, b"pool-thread", b"R")
+    monkeypatch.setattr(_parallel, "_TASKS", str(tmp_path))
+
+    assert _parallel.other_threads_running() == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_forked_child_scans_with_lock_held_at_fork(monkeypatch):
+    monkeypatch.setattr(_parallel, "_ENDED_WORKERS", collections.deque([(1, 0.0)], maxlen=16))
+    # A lock held by another thread at fork() would stay held in the child.
+    with _parallel._ENDED_WORKERS_LOCK:
+        pid = os.fork()
+        if pid == 0:
+            # A child stuck on the lock is killed by the alarm, so the test
+            # fails instead of hanging.
+            signal.alarm(10)
+            try:
+                count = _parallel.other_threads_running()
+                cleared = not _parallel._ENDED_WORKERS
+                os._exit(0 if count in (0, None) and cleared else 1)
+            finally:
+                os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_other_threads_running_skips_vanished_thread(tmp_path, monkeypatch):
