@@ -37,10 +37,10 @@ OpenBLAS 0.3.31, 2026-12-05):
   busy for 0.1-0.2 s, with or without a lower thread count.  A parallel
   call in that time competes with it for the cores.  In a loop that ran the
   reference, a numpy dense layer and the reference's backward, one after
-  the other, ``1`` took 1.14-1.40x the time of ``0``.  ``auto`` saw the
+  the other, ``1`` took 1.28-1.43x the time of ``0``.  ``auto`` saw the
   spinning worker at every call and ran them all serially.  In a loop of
-  the reference's forward and backward alone, ``1`` took 0.75-0.90x the
-  serial time (``benchmarks/bench_mixed_loop.py``).
+  the reference's forward and backward alone, ``1`` took 0.83-0.85x the
+  serial time (``benchmarks/bench_mixed_loop.py``, 2 runs).
 - Under ``auto``, one serial call makes the rest of a loop serial, as
   long as its calls come less than about 0.1 s apart.  A serial call's own
   products leave the OpenBLAS worker spinning, and the next call sees it.
