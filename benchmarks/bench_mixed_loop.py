@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bilstm import backward, forward, init_params  # noqa: E402
 from bilstm import _parallel  # noqa: E402
 from bilstm.reference import _call_size  # noqa: E402
-from call_counter import CallCounter  # noqa: E402
+from parallel_setting import CallCounter, restored_setting  # noqa: E402
 from case_options import CASE_SIZES, case_parser, require_positive  # noqa: E402
 from machine_info import cpu_model, source_revision  # noqa: E402
 
@@ -81,12 +81,17 @@ def parse_args(argv=None):
     return args
 
 
+def spin_matrix():
+    """Return the square float64 matrix whose product with itself wakes the BLAS worker threads."""
+    return np.random.default_rng(0).standard_normal((SPIN_PRODUCT_SIZE, SPIN_PRODUCT_SIZE))
+
+
 def spin_line():
     """Describe how many threads run at each of SPIN_DELAYS after one multithreaded product."""
     if _parallel.other_threads_running() is None:
         return "other threads running after a multithreaded product: not counted (no /proc)"
 
-    a = np.random.default_rng(0).standard_normal((SPIN_PRODUCT_SIZE, SPIN_PRODUCT_SIZE))
+    a = spin_matrix()
     # Let workers woken by anything before this go back to sleep first.
     time.sleep(max(SPIN_DELAYS) + 0.2)
     counts = []
@@ -205,7 +210,7 @@ def busy_start_line(args, dtype_name):
     """
     counter = CallCounter()
     step = make_step(args, np.dtype(dtype_name), "alone", "auto", counter)
-    a = np.random.default_rng(0).standard_normal((SPIN_PRODUCT_SIZE, SPIN_PRODUCT_SIZE))
+    a = spin_matrix()
     a @ a
     for _ in range(args.steps):
         step()
@@ -241,8 +246,7 @@ def main(argv=None):
         settings = SETTINGS[:1]
 
     rows = []
-    saved_setting = os.environ.get(_parallel.ENV_VAR)
-    try:
+    with restored_setting():
         for dtype_name in dtype_names:
             for loop in LOOPS:
                 counters = {setting: CallCounter() for setting in settings}
@@ -254,11 +258,6 @@ def main(argv=None):
                 rows.extend(table_rows(dtype_name, loop, blocks))
             if len(settings) > 1:
                 print(busy_start_line(args, dtype_name))
-    finally:
-        if saved_setting is None:
-            os.environ.pop(_parallel.ENV_VAR, None)
-        else:
-            os.environ[_parallel.ENV_VAR] = saved_setting
 
     print()
     print(f"| dtype | loop | {_parallel.ENV_VAR} | ms per step per block (setting before it, "

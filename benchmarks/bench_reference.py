@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bilstm import backward, forward  # noqa: E402
 from bilstm import _parallel  # noqa: E402
 from bilstm.reference import _call_size  # noqa: E402
-from call_counter import CallCounter  # noqa: E402
+from parallel_setting import CallCounter, restored_setting  # noqa: E402
 from case_options import CASE_SIZES, case_parser, require_positive  # noqa: E402
 from machine_info import cpu_model, source_revision  # noqa: E402
 
@@ -352,8 +352,7 @@ def main(argv=None):
     print(line)
 
     rows = []
-    saved_setting = os.environ.get(_parallel.ENV_VAR)
-    try:
+    with restored_setting():
         for dtype_name in dtype_names:
             case = make_case(args, dtype_name, with_parallel)
             print(f"{dtype_name}: max |reference - torch| over y and dx = "
@@ -369,11 +368,6 @@ def main(argv=None):
             print(f"{dtype_name}: default (auto) ran {case['default_calls'].share()} "
                   f"forward and backward calls in parallel, untimed runs included")
             rows.extend(table_row(dtype_name, path, times) for path in runs if path != "torch")
-    finally:
-        if saved_setting is None:
-            os.environ.pop(_parallel.ENV_VAR, None)
-        else:
-            os.environ[_parallel.ENV_VAR] = saved_setting
 
     print()
     print("| dtype | reference path | reference ms, median (min-max) "

@@ -21,7 +21,6 @@ import argparse
 import gc
 import importlib
 import io
-import os
 import re
 import statistics
 import subprocess
@@ -35,8 +34,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The folder of this script, for its helper modules when it is loaded from elsewhere.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bilstm  # noqa: E402
+from parallel_setting import restored_setting  # noqa: E402
 
 BASELINE_PACKAGE = "bilstm_baseline"
 """Name under which the exported version is imported."""
@@ -153,15 +155,8 @@ def main(argv=None):
         f"BILSTM_PARALLEL_DIRECTIONS={args.parallel_directions}"
     )
 
-    saved_setting = os.environ.get("BILSTM_PARALLEL_DIRECTIONS")
-    os.environ["BILSTM_PARALLEL_DIRECTIONS"] = args.parallel_directions
-    try:
+    with restored_setting(args.parallel_directions):
         rows = compare(args)
-    finally:
-        if saved_setting is None:
-            os.environ.pop("BILSTM_PARALLEL_DIRECTIONS", None)
-        else:
-            os.environ["BILSTM_PARALLEL_DIRECTIONS"] = saved_setting
 
     print()
     print(f"| dtype | {args.rev} ms | current ms | current / {args.rev} |")

@@ -43,7 +43,7 @@ OpenBLAS 0.3.31, 2026-12-05):
   serial time (``benchmarks/bench_mixed_loop.py``, 2 runs).
 - Under ``auto``, one serial call makes the rest of a loop serial, as
   long as its calls come less than about 0.1 s apart.  A serial call's own
-  products leave the OpenBLAS worker spinning, and the next call sees it.
+  products leave the OpenBLAS worker spinning, and the next call counts it.
   So a loop stays serial once it starts right after another multithreaded
   BLAS call or right after numpy's import, or once any of its calls runs
   serially.
@@ -263,6 +263,31 @@ class _OpenBLASThreads:
 _OPENBLAS = _OpenBLASThreads()
 
 
+def _size_reasons(work, block):
+    """Return why a call of this size stays serial, or nothing (sizes as in :func:`serial_reasons`)."""
+    reasons = []
+    if work == 0:
+        reasons.append("no work (no time steps or no examples)")
+    elif work < MIN_PARALLEL_WORK:
+        reasons.append(f"{work:,} multiply-adds per direction, under the minimum of "
+                       f"{MIN_PARALLEL_WORK:,}")
+    if 0 < block < MIN_PARALLEL_BLOCK:
+        reasons.append(f"gate blocks of {block:,} values, under the minimum of "
+                       f"{MIN_PARALLEL_BLOCK:,}")
+    return reasons
+
+
+def _platform_reasons():
+    """Return why no call can run in parallel in this process, or nothing."""
+    reasons = []
+    if usable_cpus() < 2:
+        reasons.append("only 1 usable CPU")
+    if not _OPENBLAS.available():
+        reasons.append("numpy's BLAS is not an OpenBLAS (pthreads build) whose thread "
+                       "count can be set")
+    return reasons
+
+
 def serial_reasons(work, block):
     """Return why a call would stay serial with :data:`ENV_VAR` set to 1, or nothing if it would not.
 
@@ -280,21 +305,7 @@ def serial_reasons(work, block):
     list of str
         One phrase per unmet condition.
     """
-    reasons = []
-    if work == 0:
-        reasons.append("no work (no time steps or no examples)")
-    elif work < MIN_PARALLEL_WORK:
-        reasons.append(f"{work:,} multiply-adds per direction, under the minimum of "
-                       f"{MIN_PARALLEL_WORK:,}")
-    if 0 < block < MIN_PARALLEL_BLOCK:
-        reasons.append(f"gate blocks of {block:,} values, under the minimum of "
-                       f"{MIN_PARALLEL_BLOCK:,}")
-    if usable_cpus() < 2:
-        reasons.append("only 1 usable CPU")
-    if not _OPENBLAS.available():
-        reasons.append("numpy's BLAS is not an OpenBLAS (pthreads build) whose thread "
-                       "count can be set")
-    return reasons
+    return _size_reasons(work, block) + _platform_reasons()
 
 
 _TASKS = "/proc/self/task"
@@ -407,8 +418,7 @@ def in_parallel(work, block):
     rule = setting()
     # The size check comes first because it is cheap, and most calls, those
     # of the property suite among them, fail it.
-    large_enough = work >= MIN_PARALLEL_WORK and block >= MIN_PARALLEL_BLOCK
-    if rule == "off" or not large_enough or serial_reasons(work, block):
+    if rule == "off" or _size_reasons(work, block) or _platform_reasons():
         return False
     return rule == "on" or not automatic_reasons()
 

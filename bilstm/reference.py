@@ -82,8 +82,8 @@ do backward's per-step and per-chunk work arrays.
 Large calls may run the two directions in two threads instead, each with a
 one-thread BLAS.  By default that happens on 2-CPU machines when a CPU is
 idle, and ``BILSTM_PARALLEL_DIRECTIONS`` changes the rule;
-:mod:`bilstm._parallel` gives the rule and its costs.  Both paths run the same per-direction code on
-a leading direction axis of size 2 or 1.
+:mod:`bilstm._parallel` gives the rule and its costs.  Both paths run the
+same per-direction code on a leading direction axis of size 2 or 1.
 """
 
 from dataclasses import dataclass, field

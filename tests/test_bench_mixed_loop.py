@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import os
 import re
 import subprocess
 
@@ -106,7 +107,7 @@ def test_blocks_rotate_and_record_predecessor(bench):
 
 
 def test_call_counter_counts_and_restores(monkeypatch):
-    counter = load_benchmark("call_counter").CallCounter()
+    counter = load_benchmark("parallel_setting").CallCounter()
     decide = _parallel.in_parallel
     monkeypatch.setattr(_parallel, "MIN_PARALLEL_WORK", 1)
     monkeypatch.setattr(_parallel, "MIN_PARALLEL_BLOCK", 1)
@@ -145,3 +146,20 @@ def test_source_revision_marks_uncommitted_changes(monkeypatch, tmp_path):
 
     (tmp_path / "a.txt").write_text("b")
     assert machine_info.source_revision() == clean + " + uncommitted changes"
+
+
+@pytest.mark.parametrize("before", [None, "1"], ids=["unset", "set"])
+def test_restored_setting_puts_variable_back(monkeypatch, before):
+    parallel_setting = load_benchmark("parallel_setting")
+    if before is None:
+        monkeypatch.delenv(_parallel.ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(_parallel.ENV_VAR, before)
+
+    with pytest.raises(RuntimeError, match="inside the block"):
+        with parallel_setting.restored_setting("0"):
+            assert os.environ[_parallel.ENV_VAR] == "0"
+            raise RuntimeError("inside the block")
+
+    assert os.environ.get(_parallel.ENV_VAR) == before
+

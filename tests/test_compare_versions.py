@@ -1,5 +1,6 @@
 """Smoke tests of benchmarks/compare_versions.py, so the version comparison cannot rot."""
 
+import os
 import subprocess
 import sys
 import types
@@ -91,7 +92,7 @@ def test_main_sets_parallel_directions_for_both(bench, monkeypatch, capsys):
     seen = []
 
     def compare(args):
-        seen.append(bench.os.environ["BILSTM_PARALLEL_DIRECTIONS"])
+        seen.append(os.environ["BILSTM_PARALLEL_DIRECTIONS"])
         return ["| float64 | 1.0 | 1.0 | 1.00 |"]
 
     monkeypatch.setattr(bench, "compare", compare)
@@ -100,7 +101,7 @@ def test_main_sets_parallel_directions_for_both(bench, monkeypatch, capsys):
     assert seen == ["1"]
     assert "BILSTM_PARALLEL_DIRECTIONS=1" in capsys.readouterr().out
     # The caller's value is put back.
-    assert bench.os.environ["BILSTM_PARALLEL_DIRECTIONS"] == "auto"
+    assert os.environ["BILSTM_PARALLEL_DIRECTIONS"] == "auto"
 
 
 def test_parallel_directions_default_is_serial(bench):
